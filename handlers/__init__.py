@@ -1,0 +1,18 @@
+"""Slack listeners: parse what Slack sent, ack at once, hand the work to ``bot/``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from handlers import actions, commands
+
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from bot.app import Services
+
+
+def register(app: App, services: Services) -> None:
+    """Entry point ``meetbot.listeners``: wire every listener group into ``app``."""
+    commands.register(app, services)
+    actions.register(app, services)

@@ -1,0 +1,148 @@
+"""What people see: every Slack message and reply meetbot builds.
+
+Built with slack_sdk's Block Kit models so Slack's limits (section text 3,000
+characters, button text 75, 50 blocks) are checked here rather than by an
+``invalid_blocks`` from Slack in production. Each builder returns
+``(text, blocks)``: ``text`` is the notification fallback and never carries a
+link with a token in it, because fallbacks surface in push notifications and
+email digests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    ContextBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+Blocks = list[dict[str, Any]]
+
+ACTION_GET_LINK = "meet_get_link"
+ACTION_JOIN = "meet_join"  # URL button: Slack still sends block_actions for it
+ACTION_EXTEND = "meet_extend"
+ACTION_END = "meet_end"
+
+
+def escape(text: str) -> str:
+    """Make user text inert in mrkdwn (no mentions, no links, no @channel)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def when(ts: int) -> str:
+    """A time every reader sees in their own zone, with a UTC fallback."""
+    fallback = datetime.fromtimestamp(ts, UTC).strftime("%H:%M UTC")
+    return f"<!date^{int(ts)}^{{time}}|{fallback}>"
+
+
+def topic_or_default(topic: str) -> str:
+    return topic or "Meeting"
+
+
+def _blocks(*blocks: Any) -> Blocks:
+    return [b.to_dict() for b in blocks]
+
+
+def room_card(
+    *, room_id: str, topic: str, owner_id: str, expires_at: int, ended: bool = False
+) -> tuple[str, Blocks]:
+    """The channel message: who opened which room until when. No link in it."""
+    title = escape(topic_or_default(topic))
+    if ended:
+        text = f"The room “{topic_or_default(topic)}” has ended."
+        return text, _blocks(
+            SectionBlock(text=MarkdownTextObject(text=f":white_circle: *{title}* has ended.")),
+            ContextBlock(elements=[MarkdownTextObject(text=f"Opened by <@{owner_id}>")]),
+        )
+    text = f"<@{owner_id}> opened a room: {topic_or_default(topic)}"
+    return text, _blocks(
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f":large_green_circle: <@{owner_id}> opened *{title}*, "
+                f"open until {when(expires_at)}."
+            )
+        ),
+        ActionsBlock(
+            block_id=f"room:{room_id}",
+            elements=[
+                ButtonElement(
+                    text="Get my link", action_id=ACTION_GET_LINK, value=room_id, style="primary"
+                )
+            ],
+        ),
+        ContextBlock(
+            elements=[
+                MarkdownTextObject(text="Each person gets their own link by DM. Don't share yours.")
+            ]
+        ),
+    )
+
+
+def invite_dm(
+    *,
+    room_id: str,
+    topic: str,
+    owner_id: str,
+    expires_at: int,
+    link: str,
+    is_owner: bool,
+) -> tuple[str, Blocks]:
+    """The DM with a personal link, as a button so the long URL stays out of sight."""
+    title = escape(topic_or_default(topic))
+    who = "Your room" if is_owner else f"<@{owner_id}> invited you to"
+    text = f"Your personal link to {topic_or_default(topic)} is ready."
+    buttons = [
+        ButtonElement(text="Join the room", action_id=ACTION_JOIN, url=link, style="primary"),
+    ]
+    if is_owner:
+        buttons.append(ButtonElement(text="Extend 30 min", action_id=ACTION_EXTEND, value=room_id))
+    return text, _blocks(
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f"{who} *{title}*, open until {when(expires_at)}.\n"
+                "This link is yours alone: it carries your name and stops working "
+                "when the room ends."
+            )
+        ),
+        ActionsBlock(block_id=f"dm:{room_id}", elements=buttons),
+        ContextBlock(elements=[MarkdownTextObject(text=f"Room `{room_id}`")]),
+    )
+
+
+def ended_dm(*, room_id: str, topic: str, reason: str | None = None) -> tuple[str, Blocks]:
+    """What a DM turns into once its link no longer works."""
+    title = escape(topic_or_default(topic))
+    why = f" ({escape(reason)})" if reason else ""
+    text = f"{topic_or_default(topic)} has ended; its link no longer works."
+    return text, _blocks(
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f":white_circle: *{title}* has ended{why}. This link no longer works."
+            )
+        ),
+        ContextBlock(elements=[MarkdownTextObject(text=f"Room `{room_id}`")]),
+    )
+
+
+def room_list(rooms: Sequence[Any]) -> str:
+    """`/meet list`: the requester's open rooms, one line each."""
+    if not rooms:
+        return "You have no open rooms. Start one with `/meet topic @someone`."
+    lines = ["*Your open rooms:*"]
+    for r in rooms:
+        lines.append(
+            f"• *{escape(topic_or_default(r.topic))}* `{r.id}` until {when(r.expires_at)}"
+            f" in <#{r.channel_id}>"
+        )
+    lines.append("End one with `/meet end <room-id>`.")
+    return "\n".join(lines)
+
+
+def mention_list(user_ids: Sequence[str]) -> str:
+    return ", ".join(f"<@{u}>" for u in user_ids)

@@ -1,0 +1,227 @@
+"""The outbox worker: sends owed Slack messages, at most as fast as Slack allows.
+
+Rows are written by ``bot/rooms.py`` in the same transaction as the change that
+owes them, so a crash never loses one. This worker claims due rows with a
+lease, renders each at send time (so a DM sent late still says the right
+thing and a token is minted only in memory), sends it, and records the Slack
+channel and ts. A worker that dies leaves leases that run out; whoever claims
+next sends the row. Retries happen here, never in the HTTP client, because
+``chat.postMessage`` has no idempotency key.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.notify import SlackGateway, SlackSendError
+from bot.store import Outbox, OutboxState, Store, now
+
+log = logging.getLogger("meetbot.outbox")
+
+LEASE_S = 60
+MAX_ATTEMPTS = 8
+CHANNEL_GAP_S = 1.05  # Slack: about one message per second per channel
+MAX_INLINE_WAIT_S = 2.0
+FANOUT_KINDS = ("dm_link", "room_card")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A message ready to send: new post, or an edit of ``(channel, ts)``."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+    edit_ts: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Renderer(Protocol):
+    def render(self, row: Outbox) -> Rendered | None: ...
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
+class OutboxWorker:
+    """Background sender. ``kick()`` after writing rows so they go out at once."""
+
+    def __init__(
+        self,
+        store: Store,
+        slack: SlackGateway,
+        renderer: Renderer,
+        *,
+        workers: int = 8,
+        poll_interval: float = 1.0,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.slack = slack
+        self.renderer = renderer
+        self.owner = owner or worker_id()
+        self.poll_interval = poll_interval
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
+        self._slots = threading.Semaphore(workers)
+        self._workers = workers
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_ok: dict[str, float] = {}
+        self._pace_lock = threading.Lock()
+        self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
+        self._watch_lock = threading.Lock()
+        self.on_result: Callable[[str, str], None] | None = None  # (kind, outcome) for metrics
+
+    # -- lifecycle ------------------------------------------------------
+    def start(self) -> OutboxWorker:
+        self._thread = threading.Thread(target=self._run, name="outbox-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """Stop claiming, let sends in flight finish; unsent rows stay for others."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def watch_room(self, room_id: str, callback: Callable[[list[Outbox]], None]) -> None:
+        """Call ``callback(rows)`` once none of the room's invitation messages is pending."""
+        with self._watch_lock:
+            self._watchers[room_id] = callback
+        self._check_watch(room_id)
+
+    # -- loop -----------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+            try:
+                self.drain_once()
+            except Exception:  # the loop must survive a database hiccup
+                log.exception("outbox pass failed")
+
+    def drain_once(self) -> int:
+        """Claim what fits in the free workers and hand it to them."""
+        free = 0
+        while self._slots.acquire(blocking=False):
+            free += 1
+        if not free:
+            return 0
+        try:
+            rows = self.store.claim_outbox(self.owner, at=now(), lease=LEASE_S, limit=free)
+        except Exception:
+            for _ in range(free):
+                self._slots.release()
+            raise
+        for _ in range(free - len(rows)):
+            self._slots.release()
+        for row in rows:
+            self._pool.submit(self._send_and_release, row)
+        if len(rows) == free:
+            self._wake.set()  # more may be waiting
+        return len(rows)
+
+    def _send_and_release(self, row: Outbox) -> None:
+        try:
+            self.send(row)
+        except Exception:
+            log.exception("outbox row %s failed unexpectedly", row.id)
+        finally:
+            self._slots.release()
+            self._wake.set()
+
+    # -- one row ---------------------------------------------------------
+    def send(self, row: Outbox) -> None:
+        rendered = self.renderer.render(row)
+        if rendered is None:  # nothing to say any more (e.g. no DM to edit)
+            self._finish(row, OutboxState.DONE, error="nothing to send")
+            return
+        wait = self._pace(row.channel)
+        if wait > MAX_INLINE_WAIT_S:
+            self._retry(row, int(wait) + 1, "paced")
+            return
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            if rendered.edit_ts:
+                channel, ts = self.slack.update(
+                    row.channel, rendered.edit_ts, rendered.text, rendered.blocks
+                )
+            else:
+                channel, ts = self.slack.post(
+                    row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
+                )
+        except SlackSendError as e:
+            self._failed(row, e)
+            return
+        self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
+        self._result(row.kind, "sent")
+
+    def _pace(self, channel: str) -> float:
+        """Reserve the channel's next send slot; return how long to wait for it."""
+        with self._pace_lock:
+            t = time.monotonic()
+            slot = max(t, self._next_ok.get(channel, 0.0))
+            if slot - t <= MAX_INLINE_WAIT_S:
+                self._next_ok[channel] = slot + CHANNEL_GAP_S
+            return slot - t
+
+    def _failed(self, row: Outbox, e: SlackSendError) -> None:
+        if e.retry_after is not None:
+            with self._pace_lock:
+                self._next_ok[row.channel] = time.monotonic() + e.retry_after
+            log.info(
+                "slack rate-limited %s to %s; retry in %ss", row.kind, row.channel, e.retry_after
+            )
+            self._result(row.kind, "ratelimited")
+            self._retry(row, e.retry_after, e.error)
+        elif e.permanent or row.attempts >= MAX_ATTEMPTS:
+            log.warning("giving up on %s to %s: %s", row.kind, row.channel, e.error)
+            self._result(row.kind, "failed")
+            self._finish(row, OutboxState.FAILED, error=e.error)
+        else:
+            delay = min(2**row.attempts, 300)
+            log.info("slack error %s on %s; retry in %ss", e.error, row.kind, delay)
+            self._result(row.kind, "retry")
+            self._retry(row, delay, e.error)
+
+    def _retry(self, row: Outbox, delay: int, error: str) -> None:
+        self.store.finish_outbox(
+            row.id, self.owner, state=OutboxState.PENDING, error=error, retry_at=now() + delay
+        )
+
+    def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
+        self.store.finish_outbox(row.id, self.owner, state=state, **kw)
+        if row.room_id:
+            self._check_watch(row.room_id)
+
+    def _check_watch(self, room_id: str) -> None:
+        with self._watch_lock:
+            cb = self._watchers.get(room_id)
+        if cb is None:
+            return
+        rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
+        if any(r.state == OutboxState.PENDING for r in rows):
+            return
+        with self._watch_lock:
+            if self._watchers.pop(room_id, None) is None:
+                return  # another thread reported it
+        cb(rows)
+
+    def _result(self, kind: str, outcome: str) -> None:
+        if self.on_result:
+            self.on_result(kind, outcome)

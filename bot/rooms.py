@@ -1,0 +1,554 @@
+"""The room lifecycle: open, invite, hand out links, end.
+
+Everything here runs after Slack got its ack, on the bot's own worker threads.
+State changes and the Slack messages they owe are written in one transaction
+(the outbox); the outbox worker sends them. AMS is called outside database
+transactions so a slow AMS never holds a database lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select, update
+
+from bot import messages
+from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
+from bot.config import Settings
+from bot.notify import SlackGateway, UnknownUser, UserInfo
+from bot.outbox import OutboxWorker, Rendered
+from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
+from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
+
+log = logging.getLogger("meetbot.rooms")
+
+LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
+REVOKE_LEASE_S = 120
+AMS_MARKER = "meetbot"
+
+# What a failed DM means for the person who opened the room.
+DM_FAILURE_REASONS = {
+    "cannot_dm_bot": "is a bot",
+    "user_not_found": "was not found",
+    "user_disabled": "is deactivated",
+    "account_inactive": "is deactivated",
+    "channel_not_found": "can't receive DMs from this app",
+}
+
+
+class SecretSource(Protocol):
+    """Where the current AMS stream secret comes from (static, or rotated)."""
+
+    def current(self) -> tuple[int | None, str]: ...
+
+
+@dataclass
+class StaticSecret:
+    secret: str
+
+    def current(self) -> tuple[int | None, str]:
+        return None, self.secret
+
+
+class RoomError(Exception):
+    """A refusal with a message meant for the Slack user as is."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    team_id: str
+    user_id: str
+    channel_id: str
+    topic: str
+    invitees: tuple[str, ...] = ()
+    duration: int | None = None
+    response_url: str | None = None
+    enterprise_id: str | None = None
+    schedule_id: int | None = None
+    extra_grants: tuple[str, ...] = field(default=())
+
+
+def ams_marker(team_id: str) -> str:
+    """The ``metaData`` that marks an AMS broadcast as made by this bot."""
+    return json.dumps({AMS_MARKER: 1, "team": team_id}, separators=(",", ":"))
+
+
+def is_ours(broadcast: dict[str, Any]) -> bool:
+    try:
+        return bool(json.loads(broadcast.get("metaData") or "{}").get(AMS_MARKER))
+    except (ValueError, AttributeError):
+        return False
+
+
+class Rooms:
+    """Room operations with their side effects on AMS, the database and Slack."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        ams: AmsClient,
+        slack: SlackGateway,
+        secrets: SecretSource,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ams = ams
+        self.slack = slack
+        self.secrets = secrets
+        self.clock = clock
+        self.outbox: OutboxWorker | None = None
+        self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="users")
+        self.owner = "rooms"
+        self.on_event: Callable[[str], None] | None = None  # metrics hook: "created" etc.
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- people ---------------------------------------------------------
+    def resolve_people(self, requester: str, invitees: Sequence[str]) -> list[UserInfo]:
+        """users.info for everyone, refusing bots, unknown and deactivated users."""
+        ids = [requester, *[u for u in invitees if u != requester]]
+        results = list(self._lookup_pool.map(self._lookup, ids))
+        problems = [msg for _, msg in results if msg]
+        if problems:
+            raise RoomError("I didn't open a room: " + "; ".join(problems) + ".")
+        people = [info for info, _ in results if info]
+        owner = people[0]
+        if owner.is_guest and not self.settings.allow_guests:
+            raise RoomError(
+                "Guest accounts can join rooms they are invited to, but can't open rooms here. "
+                "Ask a full member of the workspace to invite you."
+            )
+        return people
+
+    def _lookup(self, user_id: str) -> tuple[UserInfo | None, str | None]:
+        try:
+            info = self.slack.user_info(user_id)
+        except UnknownUser:
+            return None, f"I can't find <@{user_id}>"
+        except Exception as e:  # Slack down: say so rather than guess
+            log.warning("users.info failed: %s", type(e).__name__)
+            return None, f"Slack didn't tell me who <@{user_id}> is (try again in a moment)"
+        if info.is_bot:
+            return None, f"<@{user_id}> is a bot and can't join a room"
+        if info.deleted:
+            return None, f"<@{user_id}> is deactivated"
+        return info, None
+
+    # -- open -------------------------------------------------------------
+    def open_room(self, req: OpenRequest) -> Room | None:
+        """Create the room on AMS and owe everyone their DM. Tells the requester."""
+        try:
+            people = self.resolve_people(req.user_id, req.invitees)
+            room = self._create(req, people)
+        except RoomError as e:
+            self._tell(req.response_url, e.user_message)
+            return None
+        if self.outbox:
+            self.outbox.watch_room(room.id, lambda rows: self._fanout_done(req, room, rows))
+            self.outbox.kick()
+        return room
+
+    def _create(self, req: OpenRequest, people: list[UserInfo]) -> Room:
+        s = self.settings
+        duration = req.duration or s.room_ttl
+        start = self.now()
+        fields = dict(
+            team_id=req.team_id,
+            enterprise_id=req.enterprise_id,
+            owner_id=req.user_id,
+            channel_id=req.channel_id,
+            topic=req.topic[:200],
+            state=RoomState.CREATING,
+            created_at=start,
+            expires_at=start + duration,
+            schedule_id=req.schedule_id,
+            attempts=0,
+            next_attempt_at=0,
+        )
+        for attempt in range(2):
+            room = Room(id=new_room_id(), **fields)
+            with self.store.write() as tx:
+                if req.schedule_id is None:
+                    open_count = self.store.count_open_rooms(tx, req.team_id, req.user_id)
+                    if open_count >= s.max_open_rooms_per_user:
+                        raise RoomError(
+                            f"You already have {open_count} open rooms, the most one person may "
+                            "have. End one with `/meet end <room-id>` (see `/meet list`)."
+                        )
+                tx.add(room)
+            try:
+                self.ams.create_room(
+                    room.id,
+                    messages.topic_or_default(req.topic),
+                    start,
+                    room.expires_at,
+                    metadata=ams_marker(req.team_id),
+                )
+                break
+            except AmsIdTaken:
+                # Not ours: never delete it. 128 random bits colliding means
+                # something odd; one fresh id, then give up.
+                self._mark_failed(room.id, "id taken on AMS")
+                if attempt == 1:
+                    raise RoomError(
+                        "The video server refused the new room's id twice. Try again; "
+                        "if it keeps happening, tell your admin."
+                    ) from None
+            except AmsError as e:
+                log.warning("AMS create failed for room %s: %s", room.id, e)
+                self._mark_failed(room.id, type(e).__name__)
+                self._cleanup_on_ams(room.id)
+                raise RoomError(f"I couldn't open the room: {e.user_message}") from None
+        return self._activate(room, req, people)
+
+    def _mark_failed(self, room_id: str, reason: str) -> None:
+        with self.store.write() as tx:
+            row = tx.get(Room, room_id)
+            if row is not None:
+                row.state = RoomState.FAILED
+                row.end_reason = reason
+                row.ended_at = self.now()
+                self.store.audit(
+                    tx,
+                    "open_failed",
+                    actor=row.owner_id,
+                    team_id=row.team_id,
+                    room_id=room_id,
+                    reason=reason,
+                )
+
+    def _cleanup_on_ams(self, room_id: str) -> None:
+        """After an unclear create (timeout, 5xx), make sure nothing stays on AMS."""
+        try:
+            self.ams.delete_room(room_id)
+        except AmsError as e:
+            # Reconciliation removes it later: it carries our marker.
+            log.warning("could not clean up room %s on AMS: %s", room_id, e)
+
+    def _activate(self, room: Room, req: OpenRequest, people: list[UserInfo]) -> Room:
+        version, _ = self.secrets.current()
+        exp = room.expires_at + self.settings.token_grace
+        t = self.now()
+        with self.store.write() as tx:
+            row = tx.get(Room, room.id)
+            assert row is not None
+            row.state = RoomState.ACTIVE
+            for person in people:
+                grant = Grant(
+                    room_id=row.id,
+                    team_id=row.team_id,
+                    user_id=person.id,
+                    display_name=(person.display_name or person.name)[:120],
+                    jti=new_jti(),
+                    exp=exp,
+                    secret_version=version,
+                    link_sent_at=t,
+                    created_at=t,
+                )
+                tx.add(grant)
+                tx.flush()
+                tx.add(self._outbox(row, "dm_link", person.id, grant_id=grant.id))
+            tx.add(self._outbox(row, "room_card", row.channel_id))
+            self.store.audit(
+                tx,
+                "open",
+                actor=req.user_id,
+                team_id=row.team_id,
+                room_id=row.id,
+                invitees=[p.id for p in people[1:]],
+                expires_at=row.expires_at,
+            )
+            room = row
+        log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
+        self._event("created")
+        return room
+
+    def _outbox(self, room: Room, kind: str, channel: str, **kw: Any) -> Outbox:
+        payload = kw.pop("payload", {})
+        return Outbox(
+            team_id=room.team_id,
+            kind=kind,
+            room_id=room.id,
+            channel=channel,
+            payload=json.dumps(payload),
+            state=OutboxState.PENDING,
+            attempts=0,
+            not_before=0,
+            created_at=self.now(),
+            **kw,
+        )
+
+    def _fanout_done(self, req: OpenRequest, room: Room, rows: list[Outbox]) -> None:
+        """Tell the requester how the invitations went (and post the card if we could not)."""
+        card = next((r for r in rows if r.kind == "room_card"), None)
+        if card is not None and card.state == OutboxState.FAILED and req.response_url:
+            # Private channel or DM the bot is not in: response_url still works.
+            current = self.store.room(room.id)
+            if current is not None and current.state == RoomState.ACTIVE:
+                text, blocks = messages.room_card(
+                    room_id=room.id,
+                    topic=room.topic,
+                    owner_id=room.owner_id,
+                    expires_at=room.expires_at,
+                )
+                self.slack.respond(req.response_url, text, blocks=blocks, in_channel=True)
+        dms = [r for r in rows if r.kind == "dm_link"]
+        sent = [r.channel for r in dms if r.state == OutboxState.DONE]
+        failed = [r for r in dms if r.state == OutboxState.FAILED]
+        title = messages.escape(messages.topic_or_default(room.topic))
+        lines = [f"Your room *{title}* is open until {messages.when(room.expires_at)}."]
+        if sent:
+            lines.append("Personal links went by DM to " + messages.mention_list(sent) + ".")
+        for r in failed:
+            reason = DM_FAILURE_REASONS.get(r.error or "", f"could not be reached ({r.error})")
+            lines.append(
+                f":warning: I couldn't DM <@{r.channel}>: they {reason}. "
+                "They can still press *Get my link* on the room's message."
+            )
+        self._tell(req.response_url, "\n".join(lines))
+
+    # -- links ------------------------------------------------------------
+    def send_link(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
+        """A "Get my link" click: DM the clicker their own link, once per click burst."""
+        room = self.store.room(room_id, team_id)
+        if room is None or room.state != RoomState.ACTIVE:
+            self._tell(response_url, "This room has ended. Start a new one with `/meet`.")
+            return False
+        try:
+            info = self.slack.user_info(user_id)
+        except Exception:
+            info = None
+        t = self.now()
+        version, _ = self.secrets.current()
+        with self.store.write() as tx:
+            q = (
+                select(Grant)
+                .where(Grant.room_id == room_id, Grant.user_id == user_id)
+                .with_for_update()
+            )
+            grant = tx.scalars(q).first()
+            if grant is None:
+                if info is not None and info.is_guest and not self.settings.allow_guests:
+                    raise_msg = "Guests can only join rooms they were invited to."
+                    self._tell(response_url, raise_msg)
+                    return False
+                grant = Grant(
+                    room_id=room_id,
+                    team_id=team_id,
+                    user_id=user_id,
+                    display_name=(info.display_name if info else None),
+                    jti=new_jti(),
+                    exp=room.expires_at + self.settings.token_grace,
+                    secret_version=version,
+                    created_at=t,
+                )
+                tx.add(grant)
+                tx.flush()
+            elif grant.revoked_at is not None:
+                self._tell(response_url, "The room's owner removed you from this room.")
+                return False
+            elif grant.link_sent_at and t - grant.link_sent_at < LINK_RESEND_WINDOW_S:
+                self._tell(response_url, "Your link is in your DMs with me.")
+                return False
+            grant.link_sent_at = t
+            tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
+            self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
+        if self.outbox:
+            self.outbox.kick()
+        self._tell(response_url, "I've sent your personal link to you by DM.")
+        return True
+
+    # -- end ----------------------------------------------------------------
+    def end_room(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
+        """`/meet end`: owner or workspace admin only."""
+        room = self.store.room(room_id, team_id)
+        if room is None:
+            self._tell(response_url, f"I don't know a room `{room_id}` in this workspace.")
+            return False
+        if room.owner_id != user_id:
+            try:
+                admin = self.slack.user_info(user_id).is_admin
+            except Exception:
+                admin = False
+            if not admin:
+                self._tell(
+                    response_url,
+                    f"Only the room's owner (<@{room.owner_id}>) or a workspace admin can end it.",
+                )
+                return False
+        if room.state != RoomState.ACTIVE:
+            self._tell(response_url, f"Room `{room_id}` has already ended.")
+            return False
+        ok = self.revoke(room_id, actor=user_id, reason=f"ended by <@{user_id}>")
+        if ok:
+            self._tell(response_url, f"Ended *{messages.escape(room.topic or 'the room')}*.")
+        else:
+            self._tell(
+                response_url,
+                "I couldn't reach the video server to end the room. I'll keep trying; "
+                "meanwhile its links still work until they expire.",
+            )
+        return ok
+
+    def revoke(self, room_id: str, *, actor: str, reason: str) -> bool:
+        """Stop and delete the room on AMS, then end it here and owe the edits.
+
+        The room is claimed first so that a sweep and a `/meet end` (or two
+        replicas) never work on it at once. It is marked revoked only once AMS
+        confirms the room is gone; otherwise it stays due with a backoff.
+        """
+        t = self.now()
+        with self.store.write() as tx:
+            claimed = tx.execute(
+                update(Room)
+                .where(Room.id == room_id, Room.state == RoomState.ACTIVE)
+                .where(or_(Room.lease_until.is_(None), Room.lease_until < t))
+                .values(lease_owner=self.owner, lease_until=t + REVOKE_LEASE_S)
+            ).rowcount
+        if not claimed:
+            return False
+        return self._revoke_claimed(room_id, actor=actor, reason=reason)
+
+    def _revoke_claimed(self, room_id: str, *, actor: str, reason: str) -> bool:
+        try:
+            try:
+                self.ams.stop_room(room_id)
+            except AmsNotFound:
+                pass
+            self.ams.delete_room(room_id)  # False: already gone, which is what we want
+        except AmsError as e:
+            self._revoke_failed(room_id, e)
+            return False
+        t = self.now()
+        with self.store.write() as tx:
+            room = tx.get(Room, room_id)
+            assert room is not None
+            room.state = RoomState.REVOKED
+            room.ended_at = t
+            room.end_reason = reason[:200]
+            room.lease_owner = None
+            room.lease_until = None
+            grants = list(tx.scalars(select(Grant).where(Grant.room_id == room_id)))
+            for g in grants:
+                if g.revoked_at is None:
+                    g.revoked_at = t
+                if g.dm_ts:
+                    tx.add(
+                        self._outbox(
+                            room,
+                            "dm_update",
+                            g.dm_channel or g.user_id,
+                            grant_id=g.id,
+                            payload={"mode": "ended"},
+                        )
+                    )
+            if room.channel_ts:
+                tx.add(self._outbox(room, "card_update", room.channel_id))
+            self.store.audit(
+                tx, "revoke", actor=actor, team_id=room.team_id, room_id=room_id, reason=reason
+            )
+        log.info("room %s revoked (%s)", room_id, reason)
+        self._event("revoked")
+        if self.outbox:
+            self.outbox.kick()
+        return True
+
+    def _revoke_failed(self, room_id: str, e: AmsError) -> None:
+        log.warning("revoking room %s failed on AMS: %s", room_id, e)
+        with self.store.write() as tx:
+            room = tx.get(Room, room_id)
+            if room is not None:
+                room.attempts = (room.attempts or 0) + 1
+                room.next_attempt_at = self.now() + min(15 * 2 ** (room.attempts - 1), 600)
+                room.lease_owner = None
+                room.lease_until = None
+
+    # -- rendering for the outbox --------------------------------------------
+    def render(self, row: Outbox) -> Rendered | None:
+        """Turn an outbox row into the message to send now, from current state."""
+        with self.store.read() as s:
+            room = s.get(Room, row.room_id) if row.room_id else None
+            grant = s.get(Grant, row.grant_id) if row.grant_id else None
+        if room is None:
+            return None
+        if row.kind == "room_card" or row.kind == "card_update":
+            text, blocks = messages.room_card(
+                room_id=room.id,
+                topic=room.topic,
+                owner_id=room.owner_id,
+                expires_at=room.expires_at,
+                ended=room.state != RoomState.ACTIVE,
+            )
+            if row.kind == "card_update":
+                return Rendered(text, blocks, edit_ts=room.channel_ts) if room.channel_ts else None
+            return Rendered(text, blocks, metadata=self._metadata(row))
+        if grant is None:
+            return None
+        if row.kind == "dm_link":
+            if room.state != RoomState.ACTIVE or grant.revoked_at is not None:
+                return None  # ended before the DM went out: nothing worth saying
+            text, blocks = self._invite(room, grant)
+            return Rendered(text, blocks, metadata=self._metadata(row))
+        if row.kind == "dm_update":
+            if not grant.dm_ts:
+                return None
+            payload = json.loads(row.payload or "{}")
+            if payload.get("mode") == "ended" or room.state != RoomState.ACTIVE:
+                text, blocks = messages.ended_dm(
+                    room_id=room.id, topic=room.topic, reason=payload.get("reason")
+                )
+            else:
+                text, blocks = self._invite(room, grant)
+            return Rendered(text, blocks, edit_ts=grant.dm_ts)
+        log.error("unknown outbox kind %s", row.kind)
+        return None
+
+    def _invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
+        _, secret = self.secrets.current()
+        token = mint_join_token(
+            room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
+        )
+        link = circle_link(
+            self.settings.ams_url, self.settings.ams_app, room.id, token, grant.display_name
+        )
+        return messages.invite_dm(
+            room_id=room.id,
+            topic=room.topic,
+            owner_id=room.owner_id,
+            expires_at=room.expires_at,
+            link=link,
+            is_owner=grant.user_id == room.owner_id,
+        )
+
+    @staticmethod
+    def _metadata(row: Outbox) -> dict[str, Any]:
+        # Lets a recovering sender find a message it posted but did not record.
+        return {"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row.id}}
+
+    # -- misc -----------------------------------------------------------------
+    def list_text(self, team_id: str, user_id: str) -> str:
+        return messages.room_list(self.store.open_rooms_of(team_id, user_id))
+
+    def _tell(self, response_url: str | None, text: str) -> None:
+        if response_url:
+            self.slack.respond(response_url, text)
+        else:
+            log.info("no response_url for a reply to the user")
+
+    def _event(self, name: str) -> None:
+        if self.on_event:
+            self.on_event(name)

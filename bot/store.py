@@ -1,0 +1,499 @@
+"""The database: SQLAlchemy models and every query the bot makes.
+
+Times are stored as integer unix seconds. That keeps SQLite and PostgreSQL
+identical (SQLite has no time zones), and every time the bot compares against
+(JWT ``exp``, AMS ``plannedEndDate``) is a unix second already.
+
+Tokens are never stored: a grant keeps the ``jti``, the user, the room and the
+``exp``, which is everything needed to mint the same token again.
+
+Concurrency: on SQLite, write transactions start with ``BEGIN IMMEDIATE`` so a
+read-then-write (a claim) cannot interleave with another writer; on PostgreSQL
+claims use ``SELECT ... FOR UPDATE SKIP LOCKED`` so replicas take disjoint
+work. The same query code runs on both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_S = 15
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RoomState:
+    """Room lifecycle: creating → active → revoking → revoked, or creating → failed."""
+
+    CREATING = "creating"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    FAILED = "failed"
+    OPEN = (CREATING, ACTIVE)
+
+
+class Room(Base):
+    __tablename__ = "rooms"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32), index=True)
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    owner_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    topic: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    end_reason: Mapped[str | None] = mapped_column(String(200))
+    channel_ts: Mapped[str | None] = mapped_column(String(32))
+    schedule_id: Mapped[int | None] = mapped_column(Integer)
+    # Claim bookkeeping for the revoke sweep (see Store.claim_due_rooms).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (
+        Index("ix_rooms_state_expires", "state", "expires_at"),
+        Index("ix_rooms_team_owner_state", "team_id", "owner_id", "state"),
+    )
+
+
+class Grant(Base):
+    """One person's right to join one room. The token itself is never kept."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    display_name: Mapped[str | None] = mapped_column(String(120))
+    jti: Mapped[str] = mapped_column(String(64), unique=True)
+    exp: Mapped[int] = mapped_column(BigInteger)
+    secret_version: Mapped[int | None] = mapped_column(Integer)
+    dm_channel: Mapped[str | None] = mapped_column(String(32))
+    dm_ts: Mapped[str | None] = mapped_column(String(32))
+    link_sent_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("room_id", "user_id", name="uq_grants_room_user"),
+        Index("ix_grants_team_user", "team_id", "user_id"),
+    )
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger, index=True)
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    room_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class OutboxState:
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Outbox(Base):
+    """A Slack side effect owed to someone, written with the change that causes it.
+
+    ``payload`` never holds a token: a DM row points at its grant and the
+    sender mints the link when it sends.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    room_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    grant_id: Mapped[int | None] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text, default="{}")
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    result_channel: Mapped[str | None] = mapped_column(String(32))
+    result_ts: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    done_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_outbox_state_not_before", "state", "not_before"),)
+
+
+class StreamSecret(Base):
+    """A version of the AMS stream secret, encrypted with MEETBOT_SECRET_KEY.
+
+    ``pending`` is written before AMS is told, so a crash in between can be
+    settled on start by asking AMS which one it holds.
+    """
+
+    __tablename__ = "stream_secrets"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending|current|retired
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    activated_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Job(Base):
+    """A singleton unit of work (e.g. the rotation) that replicas take turns to claim."""
+
+    __tablename__ = "jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    next_run_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_run_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+
+
+class Schedule(Base):
+    """A recurring (or one-off) team room. A row, not an APScheduler job."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    creator_id: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[str] = mapped_column(String(120))
+    tz: Mapped[str] = mapped_column(String(64))
+    duration: Mapped[int] = mapped_column(Integer)
+    invitees: Mapped[str] = mapped_column(Text, default="[]")
+    next_run_at: Mapped[int | None] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_schedules_due", "active", "next_run_at"),
+        Index("ix_schedules_team_channel", "team_id", "channel_id"),
+    )
+
+
+class Occurrence(Base):
+    """One firing of a schedule. Unique per (schedule, time): fired at most once.
+
+    ``room_id`` is chosen when the occurrence is claimed, so a firing that is
+    retried after a crash creates (or finds) the very same AMS room.
+    """
+
+    __tablename__ = "occurrences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    run_at: Mapped[int] = mapped_column(BigInteger)
+    room_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # pending|fired|skipped|failed
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "run_at", name="uq_occurrence_schedule_run"),
+        Index("ix_occurrences_state", "state"),
+    )
+
+
+def normalise_url(url: str) -> str:
+    """Map the URLs people paste to the driver meetbot ships (psycopg 3)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the SQLite settings one process needs to stay unblocked."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, emit BEGIN so we can make it IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if ":memory:" not in url and url != "sqlite://":
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("meetbot_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Store:
+    """Sessions and queries. ``write()`` for anything that changes rows."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = normalise_url(url)
+        self.engine = engine or make_engine(self.url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(meetbot_write=True), expire_on_commit=False
+        )
+
+    # -- sessions -------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction; on SQLite it holds the write lock from its start."""
+        with self._write() as s, s.begin():
+            yield s
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from alembic import command
+
+        command.upgrade(alembic_config(self.engine), "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- rooms ----------------------------------------------------------
+    def room(self, room_id: str, team_id: str | None = None) -> Room | None:
+        with self.read() as s:
+            room = s.get(Room, room_id)
+            if room is None or (team_id is not None and room.team_id != team_id):
+                return None
+            return room
+
+    def open_rooms_of(self, team_id: str, user_id: str) -> list[Room]:
+        with self.read() as s:
+            q = (
+                select(Room)
+                .where(Room.team_id == team_id, Room.owner_id == user_id)
+                .where(Room.state.in_(RoomState.OPEN))
+                .order_by(Room.expires_at)
+            )
+            return list(s.scalars(q))
+
+    def rooms_invited(self, team_id: str, user_id: str) -> list[Room]:
+        """Active rooms where the user holds an unrevoked grant (owner's included)."""
+        with self.read() as s:
+            q = (
+                select(Room)
+                .join(Grant, Grant.room_id == Room.id)
+                .where(Grant.team_id == team_id, Grant.user_id == user_id)
+                .where(Grant.revoked_at.is_(None), Room.state == RoomState.ACTIVE)
+                .order_by(Room.expires_at)
+            )
+            return list(s.scalars(q))
+
+    def count_open_rooms(self, s: Session, team_id: str, user_id: str) -> int:
+        q = select(func.count()).where(
+            Room.team_id == team_id, Room.owner_id == user_id, Room.state.in_(RoomState.OPEN)
+        )
+        return int(s.scalar(q) or 0)
+
+    def grants_of(self, room_id: str, *, include_revoked: bool = False) -> list[Grant]:
+        with self.read() as s:
+            q = select(Grant).where(Grant.room_id == room_id).order_by(Grant.id)
+            if not include_revoked:
+                q = q.where(Grant.revoked_at.is_(None))
+            return list(s.scalars(q))
+
+    def claim_due_rooms(self, owner: str, *, at: int, lease: int, limit: int) -> list[Room]:
+        """Take up to ``limit`` active rooms past their end for ``owner``.
+
+        A room is claimable when nobody holds a live lease on it; a worker that
+        died leaves a lease that runs out, and the next sweep takes the room.
+        """
+        with self.write() as s:
+            q = (
+                select(Room)
+                .where(Room.state == RoomState.ACTIVE, Room.expires_at <= at)
+                .where(Room.next_attempt_at <= at)
+                .where(or_(Room.lease_until.is_(None), Room.lease_until < at))
+                .order_by(Room.expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            rooms = list(s.scalars(q))
+            for r in rooms:
+                r.lease_owner = owner
+                r.lease_until = at + lease
+            return rooms
+
+    # -- outbox ---------------------------------------------------------
+    def claim_outbox(
+        self, owner: str, *, at: int, lease: int, limit: int, room_id: str | None = None
+    ) -> list[Outbox]:
+        """Take pending rows whose time has come and whose lease (if any) ran out."""
+        with self.write() as s:
+            q = (
+                select(Outbox)
+                .where(Outbox.state == OutboxState.PENDING, Outbox.not_before <= at)
+                .where(or_(Outbox.lease_until.is_(None), Outbox.lease_until < at))
+                .order_by(Outbox.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            if room_id is not None:
+                q = q.where(Outbox.room_id == room_id)
+            rows = list(s.scalars(q))
+            for r in rows:
+                r.lease_owner = owner
+                r.lease_until = at + lease
+                r.attempts += 1
+            return rows
+
+    def outbox_rows(self, room_id: str) -> list[Outbox]:
+        with self.read() as s:
+            q = select(Outbox).where(Outbox.room_id == room_id).order_by(Outbox.id)
+            return list(s.scalars(q))
+
+    def pending_outbox_count(self) -> int:
+        with self.read() as s:
+            q = select(func.count()).where(Outbox.state == OutboxState.PENDING)
+            return int(s.scalar(q) or 0)
+
+    def oldest_pending_outbox(self, at: int) -> int | None:
+        with self.read() as s:
+            q = select(func.min(Outbox.not_before)).where(
+                Outbox.state == OutboxState.PENDING, Outbox.not_before <= at
+            )
+            return s.scalar(q)
+
+    def finish_outbox(
+        self,
+        row_id: int,
+        owner: str,
+        *,
+        state: str,
+        channel: str | None = None,
+        ts: str | None = None,
+        error: str | None = None,
+        retry_at: int | None = None,
+    ) -> bool:
+        """Record how a send ended; False when our lease was lost meanwhile."""
+        with self.write() as s:
+            row = s.get(Outbox, row_id)
+            if row is None or row.lease_owner != owner:
+                return False
+            row.lease_owner = None
+            row.lease_until = None
+            row.error = error[:200] if error else None
+            if retry_at is not None:
+                row.not_before = retry_at
+                return True
+            row.state = state
+            row.result_channel = channel
+            row.result_ts = ts
+            row.done_at = now()
+            # Remember where the message landed, in the same transaction, so a
+            # later edit (room ended, link re-issued) can find it.
+            if state == OutboxState.DONE and row.kind == "dm_link" and row.grant_id is not None:
+                s.execute(
+                    update(Grant)
+                    .where(Grant.id == row.grant_id)
+                    .values(dm_channel=channel, dm_ts=ts)
+                )
+            elif state == OutboxState.DONE and row.kind == "room_card" and row.room_id:
+                s.execute(update(Room).where(Room.id == row.room_id).values(channel_ts=ts))
+            return True
+
+    # -- audit ----------------------------------------------------------
+    @staticmethod
+    def audit(
+        s: Session,
+        action: str,
+        *,
+        actor: str,
+        team_id: str | None = None,
+        room_id: str | None = None,
+        **detail: Any,
+    ) -> None:
+        s.add(
+            Audit(
+                at=now(),
+                team_id=team_id,
+                actor=actor,
+                action=action,
+                room_id=room_id,
+                detail=json.dumps(detail, sort_keys=True, default=str),
+            )
+        )
+
+    def audit_rows(self, room_id: str | None = None) -> Sequence[Audit]:
+        with self.read() as s:
+            q = select(Audit).order_by(Audit.id)
+            if room_id is not None:
+                q = q.where(Audit.room_id == room_id)
+            return list(s.scalars(q))
+
+
+def alembic_config(engine: Engine):  # noqa: ANN201 - alembic.config.Config
+    """Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["engine"] = engine
+    return cfg

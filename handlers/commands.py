@@ -1,0 +1,70 @@
+"""``/meet`` and its sub-commands.
+
+Every branch acks within a few milliseconds: bad input is answered in the ack
+itself, cheap reads (help, list) too, and anything that touches AMS or sends
+DMs is handed to ``services.submit`` after the ack.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bot.rooms import OpenRequest
+from handlers import text as grammar
+
+if TYPE_CHECKING:
+    from slack_bolt import Ack, App
+
+    from bot.app import Services
+
+log = logging.getLogger("meetbot.handlers")
+
+
+def register(app: App, services: Services) -> None:
+    @app.command("/meet")
+    def meet(ack: Ack, command: dict[str, Any]) -> None:
+        handle_meet(ack, command, services)
+
+
+def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
+    settings = services.settings
+    user = str(command.get("user_id") or "")
+    team = str(command.get("team_id") or "")
+    if not user or not team:
+        ack(text="That request was missing who sent it; please try again.")
+        return
+    try:
+        cmd = grammar.parse_meet(
+            str(command.get("text") or ""), requester=user, max_ttl=settings.max_room_ttl
+        )
+    except grammar.UsageError as e:
+        ack(text=str(e))
+        return
+    response_url = command.get("response_url")
+    rooms = services.rooms
+    match cmd:
+        case grammar.Help():
+            ack(text=grammar.HELP_TEXT)
+        case grammar.ListRooms():
+            ack(text=rooms.list_text(team, user))
+        case grammar.Open(topic=topic, invitees=invitees, duration=duration):
+            ack(text="Creating your room…")
+            services.submit(
+                rooms.open_room,
+                OpenRequest(
+                    team_id=team,
+                    user_id=user,
+                    channel_id=str(command.get("channel_id") or user),
+                    topic=topic,
+                    invitees=invitees,
+                    duration=duration,
+                    response_url=response_url,
+                    enterprise_id=command.get("enterprise_id") or None,
+                ),
+            )
+        case grammar.End(room_id=room_id):
+            ack(text=f"Ending room `{room_id}`…")
+            services.submit(rooms.end_room, team, room_id, user, response_url)
+        case _:
+            ack(text="That part of `/meet` is not available yet. Try `/meet help`.")
