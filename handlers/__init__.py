@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from handlers import actions, commands
-
 if TYPE_CHECKING:
     from slack_bolt import App
 
@@ -13,6 +11,11 @@ if TYPE_CHECKING:
 
 
 def register(app: App, services: Services) -> None:
-    """Entry point ``meetbot.listeners``: wire every listener group into ``app``."""
+    """Entry point ``meetbot.listeners``: wire every listener group into ``app``.
+
+    Imported here, not at the top, so ``handlers.text`` (pure) loads without Bolt.
+    """
+    from handlers import actions, commands
+
     commands.register(app, services)
     actions.register(app, services)
