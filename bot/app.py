@@ -7,6 +7,7 @@ Slack listeners live in ``handlers/`` and are found through the
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import signal
@@ -23,9 +24,12 @@ from slack_sdk import WebClient
 
 from bot.ams import AmsClient
 from bot.config import Settings
+from bot.logs import correlation_id, with_correlation
+from bot.metrics import Metrics, Readiness
 from bot.notify import SlackGateway
 from bot.outbox import OutboxWorker, worker_id
 from bot.rooms import Rooms, StaticSecret
+from bot.scheduler import Scheduler
 from bot.store import Store
 
 log = logging.getLogger("meetbot.app")
@@ -48,11 +52,13 @@ class Services:
         self.clock = clock
         self.owner = worker_id()
         self.store = Store(settings.database_url)
+        self.metrics = Metrics(self.store, clock=clock)
         self.ams = AmsClient(
             settings.ams_url,
             settings.ams_app,
             rest_jwt_secret=settings.ams_rest_jwt_secret,
             timeout=(3.05, settings.ams_timeout),
+            observer=self.metrics.observe_ams,
         )
         self.slack = SlackGateway(settings.slack_bot_token, settings.slack_api_url)
         self.rooms = Rooms(
@@ -64,10 +70,13 @@ class Services:
             clock=clock,
         )
         self.rooms.owner = self.owner
+        self.rooms.on_event = self.metrics.room_event
         self.outbox = OutboxWorker(
             self.store, self.slack, self.rooms, workers=settings.fanout_workers, owner=self.owner
         )
         self.rooms.outbox = self.outbox
+        self.outbox.on_result = self.metrics.outbox_result
+        self.scheduler: Scheduler | None = None
         # Post-ack work: never Bolt's own small pool, never the request thread.
         self._background = ThreadPoolExecutor(max_workers=16, thread_name_prefix="work")
 
@@ -81,12 +90,21 @@ class Services:
                 log.exception("background task %s failed", getattr(fn, "__name__", fn))
                 raise
 
-        return self._background.submit(run)
+        # Copy the caller's context so its correlation id follows the work.
+        return self._background.submit(contextvars.copy_context().run, run)
+
+    def sweep_tasks(self) -> dict[str, Callable[[], object]]:
+        """The units of due work every replica looks for on each tick."""
+        return {"expire": self.rooms.sweep_expired, "cleanup": self.rooms.cleanup_failed}
 
     def start(self) -> None:
         self.outbox.start()
+        self.scheduler = Scheduler(self.settings.sweep_interval, self.sweep_tasks())
+        self.scheduler.start()
 
     def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self._background.shutdown(wait=True, cancel_futures=False)
         self.outbox.stop()
         self.store.dispose()
@@ -110,6 +128,16 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         token_verification_enabled=False,
         request_verification_enabled=s.http_mode,
     )
+
+    @app.middleware
+    def correlate(body: dict[str, Any], next_: Callable[[], Any]) -> Any:
+        """One correlation id per Slack request; HTTP mode already set one in wsgi_app."""
+        if correlation_id.get():
+            return next_()
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        with with_correlation(event_id if isinstance(event_id, str) else None):
+            return next_()
+
     for register in listeners if listeners is not None else load_listeners():
         register(app, services)
     return app
@@ -131,6 +159,9 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
 def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable[bytes]]:
     """Bolt's routes plus the bot's own: health, and later join links and webhooks."""
     slack_handler = SlackRequestHandler(bolt_app) if bolt_app is not None else None
+    readiness = Readiness.for_settings(
+        services.store, services.settings, observer=services.metrics.observe_ams
+    )
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -143,8 +174,23 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
             return _json(start_response, "413 Payload Too Large", {"error": "body too large"})
         if path == "/healthz" and method == "GET":
             return _json(start_response, "200 OK", {"ok": True})
+        if path == "/metrics" and method == "GET":
+            data, content_type = services.metrics.render()
+            start_response(
+                "200 OK",
+                [
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(len(data))),
+                    ("Cache-Control", "no-store"),
+                ],
+            )
+            return [data]
+        if path == "/readyz" and method == "GET":
+            ready, body = readiness.check()
+            return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
         if path.startswith("/slack/") and slack_handler is not None:
-            return slack_handler(environ, start_response)
+            with with_correlation():
+                return slack_handler(environ, start_response)
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return application

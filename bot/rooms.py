@@ -17,19 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from bot import messages
 from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
 from bot.config import Settings
+from bot.durations import format_duration
 from bot.notify import SlackGateway, UnknownUser, UserInfo
 from bot.outbox import OutboxWorker, Rendered
-from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
+from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
 from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
 
 log = logging.getLogger("meetbot.rooms")
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
 REVOKE_LEASE_S = 120
+CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 AMS_MARKER = "meetbot"
 
 # What a failed DM means for the person who opened the room.
@@ -112,6 +115,7 @@ class Rooms:
         self.outbox: OutboxWorker | None = None
         self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="users")
         self.owner = "rooms"
+        self._ams_executor: ThreadPoolExecutor | None = None
         self.on_event: Callable[[str], None] | None = None  # metrics hook: "created" etc.
 
     def now(self) -> int:
@@ -202,7 +206,7 @@ class Rooms:
             except AmsIdTaken:
                 # Not ours: never delete it. 128 random bits colliding means
                 # something odd; one fresh id, then give up.
-                self._mark_failed(room.id, "id taken on AMS")
+                self._mark_failed(room.id, "id taken on AMS", ours_on_ams=False)
                 if attempt == 1:
                     raise RoomError(
                         "The video server refused the new room's id twice. Try again; "
@@ -215,13 +219,22 @@ class Rooms:
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
         return self._activate(room, req, people)
 
-    def _mark_failed(self, room_id: str, reason: str) -> None:
+    def _mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
+        """Record a room that never opened.
+
+        ``ours_on_ams``: the create may still land on AMS after we gave up (a
+        slow AMS finishes the request later), so the sweep deletes the id a few
+        more times (``cleanup_failed``). Never for an id that AMS said belongs
+        to someone else.
+        """
         with self.store.write() as tx:
             row = tx.get(Room, room_id)
             if row is not None:
                 row.state = RoomState.FAILED
                 row.end_reason = reason
                 row.ended_at = self.now()
+                row.attempts = 0 if ours_on_ams else CLEANUP_ATTEMPTS
+                row.next_attempt_at = self.now() + self._cleanup_delay()
                 self.store.audit(
                     tx,
                     "open_failed",
@@ -230,6 +243,39 @@ class Rooms:
                     room_id=room_id,
                     reason=reason,
                 )
+
+    def cleanup_failed(self) -> int:
+        """Delete, again, AMS rooms whose create failed unclearly (see ``_mark_failed``)."""
+        t = self.now()
+        cleaned = 0
+        with self.store.read() as s:
+            ids = list(
+                s.scalars(
+                    select(Room.id)
+                    .where(Room.state == RoomState.FAILED, Room.attempts < CLEANUP_ATTEMPTS)
+                    .where(Room.next_attempt_at <= t)
+                    .limit(200)
+                )
+            )
+        for room_id in ids:
+            with self.store.write() as tx:
+                claimed = tx.execute(
+                    update(Room)
+                    .where(Room.id == room_id, Room.state == RoomState.FAILED)
+                    .where(Room.attempts < CLEANUP_ATTEMPTS, Room.next_attempt_at <= t)
+                    .values(
+                        attempts=Room.attempts + 1,
+                        next_attempt_at=t + self._cleanup_delay() * 4,
+                    )
+                ).rowcount
+            if claimed:
+                self._cleanup_on_ams(room_id)
+                cleaned += 1
+        return cleaned
+
+    def _cleanup_delay(self) -> int:
+        """Long enough for a create that AMS is still chewing on to have landed."""
+        return int(2 * self.settings.ams_timeout) + 1
 
     def _cleanup_on_ams(self, room_id: str) -> None:
         """After an unclear create (timeout, 5xx), make sure nothing stays on AMS."""
@@ -476,6 +522,149 @@ class Rooms:
                 room.next_attempt_at = self.now() + min(15 * 2 ** (room.attempts - 1), 600)
                 room.lease_owner = None
                 room.lease_until = None
+
+    # -- expiry sweep ---------------------------------------------------------
+    def sweep_expired(self, *, batch: int = 200, max_batches: int = 50) -> int:
+        """Revoke every room past its end that nobody else is revoking.
+
+        Rooms are claimed in batches (a lease each, see ``Store.claim_due_rooms``)
+        and revoked ``ams_concurrency`` at a time. A room AMS refuses to delete
+        stays due, with a backoff, and is retried by a later sweep.
+        """
+        done = 0
+        for _ in range(max_batches):
+            claimed = self.store.claim_due_rooms(
+                self.owner, at=self.now(), lease=REVOKE_LEASE_S, limit=batch
+            )
+            if not claimed:
+                break
+            results = self._ams_pool().map(
+                lambda r: self._revoke_claimed(r.id, actor="scheduler", reason="time is up"),
+                claimed,
+            )
+            done += sum(1 for ok in results if ok)
+            if len(claimed) < batch:
+                break
+        return done
+
+    def _ams_pool(self) -> ThreadPoolExecutor:
+        if self._ams_executor is None:
+            self._ams_executor = ThreadPoolExecutor(
+                max_workers=self.settings.ams_concurrency, thread_name_prefix="ams"
+            )
+        return self._ams_executor
+
+    # -- extend and re-issue ------------------------------------------------------
+    def extend(
+        self, team_id: str, room_id: str, user_id: str, duration: int, response_url: str | None
+    ) -> bool:
+        """Give a room more time (owner only), within MEETBOT_MAX_ROOM_TTL.
+
+        Tokens carry the room's end in ``exp``, so every DM is edited in place
+        with a fresh link; the old one would die at the old end.
+        """
+        max_ttl = self.settings.max_room_ttl
+        refusal = None
+        with self.store.write() as tx:
+            room = tx.get(Room, room_id)
+            if room is None or room.team_id != team_id:
+                refusal = f"I don't know a room `{room_id}` in this workspace."
+            elif room.owner_id != user_id:
+                refusal = f"Only the room's owner (<@{room.owner_id}>) can extend it."
+            elif room.state != RoomState.ACTIVE:
+                refusal = f"Room `{room_id}` has already ended."
+            elif room.expires_at + duration - room.created_at > max_ttl:
+                left = max(0, room.created_at + max_ttl - room.expires_at)
+                refusal = (
+                    f"A room can last at most {format_duration(max_ttl)} in all; this one can "
+                    f"get {format_duration(left)} more at most."
+                )
+            if refusal is None and room is not None:
+                new_end, topic = self._extend_in(tx, room, duration, user_id)
+        if refusal is not None:
+            self._tell(response_url, refusal)
+            return False
+        if self.outbox:
+            self.outbox.kick()
+        self._tell(
+            response_url,
+            f"*{messages.escape(messages.topic_or_default(topic))}* now runs until "
+            f"{messages.when(new_end)}. Everyone's link was renewed in place.",
+        )
+        return True
+
+    def _extend_in(self, tx: Any, room: Room, duration: int, user_id: str) -> tuple[int, str]:
+        new_end = room.expires_at + duration
+        room.expires_at = new_end
+        grants = tx.scalars(
+            select(Grant).where(Grant.room_id == room.id, Grant.revoked_at.is_(None))
+        )
+        for g in grants:
+            g.exp = new_end + self.settings.token_grace
+            if g.dm_ts:
+                tx.add(
+                    self._outbox(
+                        room,
+                        "dm_update",
+                        g.dm_channel or g.user_id,
+                        grant_id=g.id,
+                        payload={"mode": "reissue"},
+                    )
+                )
+        if room.channel_ts:
+            tx.add(self._outbox(room, "card_update", room.channel_id))
+        self.store.audit(
+            tx,
+            "extend",
+            actor=user_id,
+            team_id=room.team_id,
+            room_id=room.id,
+            expires_at=new_end,
+        )
+        return new_end, room.topic
+
+    def reissue_links(self, version: int | None) -> int:
+        """After a secret rotation, edit every active room's DMs with links that work.
+
+        Claimed by inserting a marker job row for the version, so with several
+        replicas exactly one of them owes the edits.
+        """
+        name = f"reissue:{version}"
+        with self.store.read() as s:
+            if s.get(Job, name) is not None:
+                return 0
+        count = 0
+        try:
+            with self.store.write() as tx:
+                tx.add(
+                    Job(name=name, lease_owner=self.owner, next_run_at=0, last_run_at=self.now())
+                )
+                tx.flush()
+                rows = tx.execute(
+                    select(Grant, Room)
+                    .join(Room, Room.id == Grant.room_id)
+                    .where(Room.state == RoomState.ACTIVE, Grant.revoked_at.is_(None))
+                ).all()
+                for g, room in rows:
+                    g.secret_version = version
+                    if g.dm_ts:
+                        tx.add(
+                            self._outbox(
+                                room,
+                                "dm_update",
+                                g.dm_channel or g.user_id,
+                                grant_id=g.id,
+                                payload={"mode": "reissue"},
+                            )
+                        )
+                        count += 1
+                self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
+        except IntegrityError:
+            return 0  # another replica took this version
+        if self.outbox:
+            self.outbox.kick()
+        log.info("re-issued %d links for secret version %s", count, version)
+        return count
 
     # -- rendering for the outbox --------------------------------------------
     def render(self, row: Outbox) -> Rendered | None:

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from bot.app import Services
 
 
+EXTEND_BUTTON_S = 30 * 60  # the owner's DM button: "Extend 30 min"
+
+
 def _who(body: dict[str, Any]) -> tuple[str, str]:
     user = body.get("user") or {}
     team = body.get("team") or {}
@@ -26,6 +29,21 @@ def register(app: App, services: Services) -> None:
         room_id = str(action.get("value") or "")
         if team and user and room_id:
             services.submit(services.rooms.send_link, team, room_id, user, body.get("response_url"))
+
+    @app.action(messages.ACTION_EXTEND)
+    def extend_clicked(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
+        team, user = _who(body)
+        room_id = str(action.get("value") or "")
+        if team and user and room_id:
+            services.submit(
+                services.rooms.extend,
+                team,
+                room_id,
+                user,
+                EXTEND_BUTTON_S,
+                body.get("response_url"),
+            )
 
     @app.action(messages.ACTION_JOIN)
     def join_clicked(ack: Ack) -> None:

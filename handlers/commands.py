@@ -66,5 +66,8 @@ def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
         case grammar.End(room_id=room_id):
             ack(text=f"Ending room `{room_id}`…")
             services.submit(rooms.end_room, team, room_id, user, response_url)
+        case grammar.Extend(room_id=room_id, duration=duration):
+            ack(text=f"Extending room `{room_id}`…")
+            services.submit(rooms.extend, team, room_id, user, duration, response_url)
         case _:
             ack(text="That part of `/meet` is not available yet. Try `/meet help`.")
