@@ -206,6 +206,11 @@ def bot(start_bot: Callable[..., BotProcess]) -> BotProcess:
     return start_bot()
 
 
+def sender_for(bot: BotProcess, slack: SlackDouble) -> SlackSender:
+    """A Slack that signs its requests and sends them to ``bot``."""
+    return SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+
+
 @pytest.fixture
 def sender(bot: BotProcess, slack: SlackDouble) -> SlackSender:
-    return SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    return sender_for(bot, slack)

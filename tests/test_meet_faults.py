@@ -22,6 +22,7 @@ from tests.conftest import (
     SOMEBOT,
     STREAM_SECRET,
     bot_env,
+    sender_for,
     wait_for,
 )
 from tests.helpers import (
@@ -142,12 +143,8 @@ def test_ams_refusing_the_create(bot, sender, slack, ams, fault, phrase):
 
 
 def test_ams_unreachable(start_bot, ams, slack):
-    from bot.sim.slack import SlackSender
-
-    from tests.conftest import SIGNING_SECRET, TEAM
-
     bot = start_bot()
-    sender = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    sender = sender_for(bot, slack)
     ams.stop()
     r = sender.command(f"sync <@{BOB}>", user_id=ALICE)
     assert "Creating" in r.text
@@ -263,11 +260,7 @@ def fast_bot(start_bot):
 
 @pytest.fixture
 def fast_sender(fast_bot, slack):
-    from bot.sim.slack import SlackSender
-
-    from tests.conftest import SIGNING_SECRET, TEAM
-
-    return SlackSender(fast_bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    return sender_for(fast_bot, slack)
 
 
 def test_room_ends_when_it_expires(fast_bot, fast_sender, slack, ams):
@@ -310,13 +303,9 @@ def test_room_stays_due_while_ams_is_down_and_ends_once_it_is_back(
 def test_rooms_that_expired_while_the_bot_was_down_end_on_the_first_sweep(
     start_bot, slack, ams, tmp_path
 ):
-    from bot.sim.slack import SlackSender
-
-    from tests.conftest import SIGNING_SECRET, TEAM
-
     first = start_bot()
     url = first.env["DATABASE_URL"]
-    sender = SlackSender(first.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    sender = sender_for(first, slack)
     open_room(sender, slack, f"sync <@{BOB}>")
     assert first.terminate() == 0
     db_exec(url, "UPDATE rooms SET expires_at = :t", t=int(time.time()) - 3600)
