@@ -150,7 +150,9 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        wait = self._pace(row.channel)
+        # Slack's one-message-per-second-per-channel limit is for new posts;
+        # edits (chat.update, Tier 3) are not paced per channel.
+        wait = 0.0 if rendered.edit_ts else self._pace(row.channel)
         if wait > MAX_INLINE_WAIT_S:
             self._retry(row, int(wait) + 1, "paced")
             return

@@ -31,7 +31,6 @@ from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
 log = logging.getLogger("meetbot.rooms")
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
-REVOKE_LEASE_S = 120
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 AMS_MARKER = "meetbot"
 
@@ -79,6 +78,9 @@ class OpenRequest:
     enterprise_id: str | None = None
     schedule_id: int | None = None
     extra_grants: tuple[str, ...] = field(default=())
+    # Chosen in advance by a schedule's occurrence, so a retried firing creates
+    # (or finds) the very same AMS room instead of a second one.
+    room_id: str | None = None
 
 
 def ams_marker(team_id: str) -> str:
@@ -184,8 +186,13 @@ class Rooms:
             next_attempt_at=0,
         )
         for attempt in range(2):
-            room = Room(id=new_room_id(), **fields)
+            room = Room(id=req.room_id or new_room_id(), **fields)
             with self.store.write() as tx:
+                prior = tx.get(Room, req.room_id) if req.room_id else None
+                if prior is not None and prior.state != RoomState.CREATING:
+                    if prior.state == RoomState.FAILED:
+                        raise RoomError(f"Room `{prior.id}` failed to open ({prior.end_reason}).")
+                    return prior  # opened by an earlier try: never a second room
                 if req.schedule_id is None:
                     open_count = self.store.count_open_rooms(tx, req.team_id, req.user_id)
                     if open_count >= s.max_open_rooms_per_user:
@@ -193,7 +200,12 @@ class Rooms:
                             f"You already have {open_count} open rooms, the most one person may "
                             "have. End one with `/meet end <room-id>` (see `/meet list`)."
                         )
-                tx.add(room)
+                if prior is not None:  # an earlier try died before AMS's answer was kept
+                    for key, value in fields.items():
+                        setattr(prior, key, value)
+                    room = prior
+                else:
+                    tx.add(room)
             try:
                 self.ams.create_room(
                     room.id,
@@ -204,10 +216,12 @@ class Rooms:
                 )
                 break
             except AmsIdTaken:
+                if req.room_id is not None and self._ours_on_ams(room.id):
+                    break  # made by an earlier try whose answer was lost: it is this room
                 # Not ours: never delete it. 128 random bits colliding means
                 # something odd; one fresh id, then give up.
                 self._mark_failed(room.id, "id taken on AMS", ours_on_ams=False)
-                if attempt == 1:
+                if attempt == 1 or req.room_id is not None:
                     raise RoomError(
                         "The video server refused the new room's id twice. Try again; "
                         "if it keeps happening, tell your admin."
@@ -218,6 +232,13 @@ class Rooms:
                 self._cleanup_on_ams(room.id)
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
         return self._activate(room, req, people)
+
+    def _ours_on_ams(self, room_id: str) -> bool:
+        """Whether the broadcast ``room_id`` on AMS carries this bot's marker."""
+        try:
+            return is_ours(self.ams.get_room(room_id))
+        except AmsError:
+            return False
 
     def _mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
         """Record a room that never opened.
@@ -463,7 +484,7 @@ class Rooms:
                 update(Room)
                 .where(Room.id == room_id, Room.state == RoomState.ACTIVE)
                 .where(or_(Room.lease_until.is_(None), Room.lease_until < t))
-                .values(lease_owner=self.owner, lease_until=t + REVOKE_LEASE_S)
+                .values(lease_owner=self.owner, lease_until=t + self.lease_s())
             ).rowcount
         if not claimed:
             return False
@@ -524,7 +545,13 @@ class Rooms:
                 room.lease_until = None
 
     # -- expiry sweep ---------------------------------------------------------
-    def sweep_expired(self, *, batch: int = 200, max_batches: int = 50) -> int:
+    def lease_s(self) -> int:
+        """How long a claimed room is ours: a revoke's worst case (stop and delete,
+        each retried with AMS's timeout) plus a margin. After that, a room whose
+        worker died is taken over by whoever sweeps next."""
+        return int(self.settings.ams_timeout * 8) + 10
+
+    def sweep_expired(self, *, max_batches: int = 200) -> int:
         """Revoke every room past its end that nobody else is revoking.
 
         Rooms are claimed in batches (a lease each, see ``Store.claim_due_rooms``)
@@ -532,9 +559,12 @@ class Rooms:
         stays due, with a backoff, and is retried by a later sweep.
         """
         done = 0
+        # Small batches: what one replica claims, others cannot take, and a
+        # batch is finished at AMS speed (``ams_concurrency`` calls at once).
+        batch = self.settings.ams_concurrency * 4
         for _ in range(max_batches):
             claimed = self.store.claim_due_rooms(
-                self.owner, at=self.now(), lease=REVOKE_LEASE_S, limit=batch
+                self.owner, at=self.now(), lease=self.lease_s(), limit=batch
             )
             if not claimed:
                 break

@@ -17,6 +17,10 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait and
+                # then find the schema at head.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7429001)")
             context.run_migrations()
 
 
