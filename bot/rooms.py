@@ -736,14 +736,18 @@ class Rooms:
         log.error("unknown outbox kind %s", row.kind)
         return None
 
-    def _invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
+    def link_for(self, room: Room, grant: Grant) -> str:
+        """The personal Circle link of one grant, minted now with the current secret."""
         _, secret = self.secrets.current()
         token = mint_join_token(
             room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
         )
-        link = circle_link(
+        return circle_link(
             self.settings.ams_url, self.settings.ams_app, room.id, token, grant.display_name
         )
+
+    def _invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
+        link = self.link_for(room, grant)
         return messages.invite_dm(
             room_id=room.id,
             topic=room.topic,
