@@ -87,6 +87,8 @@ class Settings:
     ams_timeout: float = 10.0
     ams_concurrency: int = 8
     fanout_workers: int = 8
+    #: How long a claimed outbox message is one worker's before others may send it.
+    outbox_lease: int = 30
 
     @property
     def rotation_enabled(self) -> bool:
@@ -442,6 +444,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     max_open = r.integer("MEETBOT_MAX_OPEN_ROOMS_PER_USER", 5)
     fanout_workers = r.integer("MEETBOT_FANOUT_WORKERS", 8, high=1000)
+    outbox_lease = r.duration("MEETBOT_OUTBOX_LEASE", 30, allow_zero=False)
     allow_guests = r.boolean("MEETBOT_ALLOW_GUESTS", False)
     slack_calls = r.boolean("MEETBOT_SLACK_CALLS", False)
     log_format = r.choice("MEETBOT_LOG_FORMAT", "text", ("text", "json"), str.lower)
@@ -482,4 +485,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ams_timeout=ams_timeout,
         ams_concurrency=ams_concurrency,
         fanout_workers=fanout_workers,
+        outbox_lease=outbox_lease,
     )

@@ -138,6 +138,34 @@ class SlackGateway:
             self._users[user_id] = (time.monotonic(), info)
         return info
 
+    def find_posted(self, channel: str, outbox_id: int) -> tuple[str, str] | None:
+        """The message an earlier attempt of outbox row ``outbox_id`` posted, if any.
+
+        A process killed after Slack accepted a DM but before the database
+        recorded it would otherwise send the DM twice. Each post carries the
+        row id in its message metadata, so the retry looks in the recent
+        history of the DM first. Raises SlackSendError when Slack cannot say.
+        """
+        try:
+            if channel[:1] in ("U", "W"):
+                channel = self.reader.conversations_open(users=channel)["channel"]["id"]
+            history = self.reader.conversations_history(
+                channel=channel, limit=50, include_all_metadata=True
+            )
+        except SlackApiError as e:
+            error = e.response.get("error") if isinstance(e.response.data, dict) else None
+            if error in ("missing_scope", "not_allowed_token_type"):
+                log.warning("cannot check for an earlier DM (%s): sending anyway", error)
+                return None
+            raise SlackSendError(error or "history_failed", permanent=False) from e
+        except (OSError, ValueError) as e:
+            raise SlackSendError(type(e).__name__, permanent=False) from e
+        for message in history.get("messages") or []:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("outbox_id") == outbox_id:
+                return channel, message["ts"]
+        return None
+
     # -- writes ---------------------------------------------------------
     def post(
         self,

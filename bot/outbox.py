@@ -26,7 +26,7 @@ from bot.store import Outbox, OutboxState, Store, now
 
 log = logging.getLogger("meetbot.outbox")
 
-LEASE_S = 60
+LEASE_S = 30
 MAX_ATTEMPTS = 8
 CHANNEL_GAP_S = 1.05  # Slack: about one message per second per channel
 MAX_INLINE_WAIT_S = 2.0
@@ -63,12 +63,14 @@ class OutboxWorker:
         workers: int = 8,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        lease: int = LEASE_S,
     ) -> None:
         self.store = store
         self.slack = slack
         self.renderer = renderer
         self.owner = owner or worker_id()
         self.poll_interval = poll_interval
+        self.lease = lease
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._slots = threading.Semaphore(workers)
         self._workers = workers
@@ -94,6 +96,10 @@ class OutboxWorker:
         if self._thread:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # Rows we claimed but never started go back at once, not after the lease.
+        released = self.store.release_outbox(self.owner)
+        if released:
+            log.info("handed back %d unsent messages", released)
 
     def kick(self) -> None:
         self._wake.set()
@@ -122,7 +128,7 @@ class OutboxWorker:
         if not free:
             return 0
         try:
-            rows = self.store.claim_outbox(self.owner, at=now(), lease=LEASE_S, limit=free)
+            rows = self.store.claim_outbox(self.owner, at=now(), lease=self.lease, limit=free)
         except Exception:
             for _ in range(free):
                 self._slots.release()
@@ -150,6 +156,18 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
+        if row.kind == "dm_link" and row.attempts > 1:
+            # An earlier attempt may have been posted by a process that died
+            # before recording it: look before sending again.
+            try:
+                found = self.slack.find_posted(row.channel, row.id)
+            except SlackSendError as e:
+                self._failed(row, e)
+                return
+            if found is not None:
+                self._finish(row, OutboxState.DONE, channel=found[0], ts=found[1])
+                self._result(row.kind, "recovered")
+                return
         # Slack's one-message-per-second-per-channel limit is for new posts;
         # edits (chat.update, Tier 3) are not paced per channel.
         wait = 0.0 if rendered.edit_ts else self._pace(row.channel)

@@ -404,6 +404,24 @@ class Store:
                 r.attempts += 1
             return rows
 
+    def release_outbox(self, owner: str) -> int:
+        """Give back every pending row ``owner`` holds (a clean shutdown)."""
+        with self.write() as s:
+            return s.execute(
+                update(Outbox)
+                .where(Outbox.lease_owner == owner, Outbox.state == OutboxState.PENDING)
+                .values(lease_owner=None, lease_until=None)
+            ).rowcount
+
+    def release_rooms(self, owner: str) -> int:
+        """Give back every room ``owner`` claimed for revoking but did not finish."""
+        with self.write() as s:
+            return s.execute(
+                update(Room)
+                .where(Room.lease_owner == owner, Room.state == RoomState.ACTIVE)
+                .values(lease_owner=None, lease_until=None)
+            ).rowcount
+
     def outbox_rows(self, room_id: str) -> list[Outbox]:
         with self.read() as s:
             q = select(Outbox).where(Outbox.room_id == room_id).order_by(Outbox.id)

@@ -62,6 +62,7 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "chat:write",
     "commands",
     "im:write",
+    "im:history",
     "team:read",
     "users:read",
 )
@@ -75,6 +76,7 @@ _METHODS = frozenset(
         "chat.delete",
         "users.info",
         "conversations.open",
+        "conversations.history",
         "views.open",
         "views.publish",
         "views.update",
@@ -1257,6 +1259,22 @@ class SlackDouble:
         if existed:
             out.update(no_op=True, already_open=True)
         return out
+
+    def _m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Newest first, like Slack; ``metadata`` only with ``include_all_metadata``."""
+        channel = self._existing_channel(args.get("channel"))
+        try:
+            limit = max(1, min(int(args.get("limit") or 100), 999))
+        except (TypeError, ValueError):
+            raise _ApiError("invalid_limit") from None
+        with_meta = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        out = []
+        for ts in sorted(self._messages.get(channel, {}), reverse=True)[:limit]:
+            message = copy.deepcopy(self._messages[channel][ts])
+            if not with_meta:
+                message.pop("metadata", None)
+            out.append(message)
+        return {"messages": out, "has_more": False}
 
     def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         channel = self._postable_channel(args.get("channel"))
