@@ -1,0 +1,111 @@
+"""The outbox worker against the Slack double: recovery, retries, pacing, hand-back."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.notify import SlackGateway
+from bot.outbox import OutboxWorker, Rendered
+from bot.store import Outbox, OutboxState, Store, now
+from tests.conftest import BOB, BOT_TOKEN, CAROL
+
+
+class Card:
+    """Renders every row as one short message carrying its outbox id, like Rooms does."""
+
+    def render(self, row: Outbox) -> Rendered:
+        meta = {"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row.id}}
+        return Rendered(text=f"hello {row.id}", blocks=[], metadata=meta)
+
+
+@pytest.fixture
+def store(sqlite_url):
+    s = Store(sqlite_url)
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def worker(store, slack):
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), workers=2, owner="w1", lease=1)
+    yield w
+    w.stop()
+
+
+def add_row(store, channel, kind="dm_link"):
+    with store.write() as tx:
+        row = Outbox(
+            team_id="T0001",
+            kind=kind,
+            channel=channel,
+            payload="{}",
+            state=OutboxState.PENDING,
+            attempts=0,
+            not_before=0,
+            created_at=now(),
+        )
+        tx.add(row)
+        tx.flush()
+        return row.id
+
+
+def drain(worker, store):
+    for _ in range(50):
+        rows = store.claim_outbox(worker.owner, at=now() + 3600, lease=1, limit=10)
+        if not rows:
+            return
+        for r in rows:
+            worker.send(r)
+
+
+def test_a_dm_posted_by_a_dead_worker_is_found_not_sent_again(store, worker, slack):
+    row_id = add_row(store, BOB)
+    # A first worker claimed the row, Slack accepted the post, then it died.
+    (row,) = store.claim_outbox("dead", at=now(), lease=1, limit=1)
+    SlackGateway(BOT_TOKEN, slack.api_url).post(
+        BOB,
+        "hello",
+        [],
+        metadata={"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row_id}},
+    )
+    drain(worker, store)
+    assert len(slack.dms_to(BOB)) == 1
+    (done,) = [r for r in _all(store) if r.id == row_id]
+    assert done.state == OutboxState.DONE and done.result_ts == slack.dms_to(BOB)[0]["ts"]
+
+
+def _all(store):
+    from sqlalchemy import select
+
+    with store.read() as s:
+        return list(s.scalars(select(Outbox)))
+
+
+def test_a_first_attempt_does_not_read_history(store, worker, slack):
+    add_row(store, CAROL)
+    drain(worker, store)
+    assert len(slack.dms_to(CAROL)) == 1
+    assert slack.calls_to("conversations.history") == []
+
+
+def test_permanent_errors_fail_the_row_and_transient_ones_retry(store, worker, slack):
+    slack.fail("chat.postMessage", "cannot_dm_bot", channel=BOB, times=None)
+    slack.fail("chat.postMessage", "internal_error", status=500, channel=CAROL, times=1)
+    bob, carol = add_row(store, BOB), add_row(store, CAROL)
+    drain(worker, store)
+    rows = {r.id: r for r in _all(store)}
+    assert rows[bob].state == OutboxState.FAILED and rows[bob].error == "cannot_dm_bot"
+    assert rows[carol].state == OutboxState.DONE
+    assert len(slack.dms_to(CAROL)) == 1
+
+
+def test_stop_hands_back_claimed_rows(store, slack):
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), workers=1, owner="w2", lease=600)
+    add_row(store, BOB)
+    store.claim_outbox("w2", at=now(), lease=600, limit=10)
+    w.stop()
+    (row,) = _all(store)
+    assert row.state == OutboxState.PENDING and row.lease_owner is None
