@@ -22,19 +22,35 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
-from bot.ams import AmsClient
+from bot import reconcile as ams_reconcile
+from bot.ams import AmsClient, AmsManagement
 from bot.config import Settings
+from bot.joinlinks import JOIN_PREFIX, handle_join
 from bot.logs import correlation_id, with_correlation
 from bot.metrics import Metrics, Readiness
 from bot.notify import SlackGateway
 from bot.outbox import OutboxWorker, worker_id
-from bot.rooms import Rooms, StaticSecret
+from bot.revocation import WEBHOOK_PREFIX, handle_webhook
+from bot.rooms import Rooms, SecretSource, StaticSecret
 from bot.scheduler import Scheduler
+from bot.schedules import Schedules
 from bot.store import Store
+from bot.stream_secret import (
+    RotatingSecret,
+    Vault,
+    bootstrap,
+    build_management,
+    reconcile,
+    rotate,
+)
 
 log = logging.getLogger("meetbot.app")
 
 MAX_BODY_BYTES = 1024 * 1024
+UNEXPECTED_FAILURE = (
+    ":warning: Something went wrong on my side and that did not happen. "
+    "Please try again in a minute; if it keeps failing, tell your Slack admin."
+)
 
 
 class _Stop(Exception):
@@ -52,6 +68,9 @@ class Services:
         self.clock = clock
         self.owner = worker_id()
         self.store = Store(settings.database_url)
+        self.vault: Vault | None = None
+        self.mgmt: AmsManagement | None = None
+        self.rotating: RotatingSecret | None = None
         self.metrics = Metrics(self.store, clock=clock)
         self.ams = AmsClient(
             settings.ams_url,
@@ -66,28 +85,95 @@ class Services:
             self.store,
             self.ams,
             self.slack,
-            StaticSecret(settings.ams_jwt_secret or ""),
+            self._secret_source(),
             clock=clock,
         )
         self.rooms.owner = self.owner
         self.rooms.on_event = self.metrics.room_event
         self.outbox = OutboxWorker(
-            self.store, self.slack, self.rooms, workers=settings.fanout_workers, owner=self.owner
+            self.store,
+            self.slack,
+            self.rooms,
+            workers=settings.fanout_workers,
+            owner=self.owner,
+            lease=settings.outbox_lease,
         )
         self.rooms.outbox = self.outbox
+        self.schedules = Schedules(settings, self.store, self.rooms, self.slack, clock=clock)
         self.outbox.on_result = self.metrics.outbox_result
         self.scheduler: Scheduler | None = None
         # Post-ack work: never Bolt's own small pool, never the request thread.
         self._background = ThreadPoolExecutor(max_workers=16, thread_name_prefix="work")
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        """Run ``fn`` after the ack; exceptions are logged, never lost."""
+    def _secret_source(self) -> SecretSource:
+        """The stream secret: from the environment, or stored and rotated.
+
+        With MEETBOT_SECRET_KEY set the secret lives encrypted in the database
+        (versioned); it is seeded from AMS_JWT_SECRET or AMS on first start,
+        and settled against AMS at start (see ``stream_secret.reconcile``).
+        """
+        s = self.settings
+        if not s.secret_key:
+            return StaticSecret(s.ams_jwt_secret or "")
+        self.vault = Vault(s.secret_key)
+        self.mgmt = build_management(s)
+        self.rotating = RotatingSecret(self.store, self.vault)
+        return self.rotating
+
+    def prepare_secret(self) -> None:
+        """At start: seed and settle the stored stream secret (no-op when static)."""
+        if self.vault is None or self.rotating is None:
+            return
+        bootstrap(self.settings, self.store, self.vault, self.mgmt)
+        if self.mgmt is not None:
+            log.info(
+                "stream secret: %s",
+                reconcile(self.settings, self.store, self.vault, self.mgmt, owner=self.owner),
+            )
+        self.rotating.invalidate()
+
+    def rotate_if_due(self) -> str | None:
+        """The sweep's rotation step: at most one replica rotates, when the secret aged out."""
+        result = rotate(
+            self.settings,
+            self.store,
+            self.vault,
+            self.mgmt,
+            owner=self.owner,
+            now=int(self.clock()),
+            on_rotated=self._rotated,
+        )
+        return result.reason if result.rotated else None
+
+    def _rotated(self, version: int) -> None:
+        assert self.rotating is not None
+        self.rotating.invalidate()
+        self.reissue_links()
+
+    def reissue_links(self) -> int:
+        """Edit DMs once per new secret version (click-time links need no edit)."""
+        if self.rotating is None or self.settings.public_url:
+            return 0
+        version, _ = self.rotating.current()
+        return self.rooms.reissue_links(version)
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Run ``fn`` after the ack; exceptions are logged, never lost.
+
+        ``reply_to``: the request's ``response_url``. If the work fails in a way
+        nobody planned for (a database locked past its busy timeout, a bug),
+        the person who asked still hears that it did not happen.
+        """
 
         def run() -> Any:
             try:
                 return fn(*args, **kwargs)
             except Exception:
                 log.exception("background task %s failed", getattr(fn, "__name__", fn))
+                if reply_to:
+                    self.slack.respond(reply_to, UNEXPECTED_FAILURE)
                 raise
 
         # Copy the caller's context so its correlation id follows the work.
@@ -95,7 +181,28 @@ class Services:
 
     def sweep_tasks(self) -> dict[str, Callable[[], object]]:
         """The units of due work every replica looks for on each tick."""
-        return {"expire": self.rooms.sweep_expired, "cleanup": self.rooms.cleanup_failed}
+        tasks: dict[str, Callable[[], object]] = {
+            "expire": self.rooms.sweep_expired,
+            "cleanup": self.rooms.cleanup_failed,
+            "reconcile": self.reconcile_if_due,
+            "schedules": lambda: self.schedules.fire_due(self.owner),
+        }
+        if self.settings.rotation_enabled and self.mgmt is not None:
+            tasks["rotate"] = self.rotate_if_due
+        if self.vault is not None:
+            # A rotation by another replica or by `meetbot rotate-secret`.
+            tasks["reissue"] = self.reissue_links
+        return tasks
+
+    def reconcile_if_due(self) -> object:
+        return ams_reconcile.run_if_due(
+            self.store,
+            self.ams,
+            self.rooms,
+            owner=self.owner,
+            now=int(self.clock()),
+            interval=self.settings.reconcile_interval,
+        )
 
     def start(self) -> None:
         self.outbox.start()
@@ -106,7 +213,9 @@ class Services:
         if self.scheduler is not None:
             self.scheduler.stop()
         self._background.shutdown(wait=True, cancel_futures=False)
+        self.schedules.close()
         self.outbox.stop()
+        self.store.release_rooms(self.owner)
         self.store.dispose()
 
 
@@ -119,7 +228,6 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
     s = services.settings
     client = WebClient(token=s.slack_bot_token, base_url=s.slack_api_url, timeout=10)
     app = App(
-        token=s.slack_bot_token,
         signing_secret=s.slack_signing_secret or "unused-in-socket-mode",
         client=client,
         # Answer Slack as soon as the listener returns: listeners only ack and
@@ -156,6 +264,147 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
     return [data]
 
 
+SLACK_MAX_AGE_S = 300  # Slack's replay window for X-Slack-Request-Timestamp
+
+
+def _slack_signed(secret: str, environ: dict[str, Any], body: bytes) -> bool:
+    """Slack's v0 signature over the raw bytes, with a timestamp inside the window.
+
+    Checked before Bolt sees the body because Bolt parses it (JSON, form,
+    ``payload=``) *before* it verifies: an unsigned body it cannot parse, or a
+    timestamp header that is not a number, would cost a 500 and a traceback.
+    Bolt verifies again; both follow Slack's rules.
+    """
+    import hashlib
+    import hmac
+
+    ts = str(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP") or "")
+    sig = str(environ.get("HTTP_X_SLACK_SIGNATURE") or "")
+    if not (secret and ts.isascii() and ts.isdigit() and len(ts) <= 12 and sig.isascii()):
+        return False
+    if abs(time.time() - int(ts)) > SLACK_MAX_AGE_S:
+        return False
+    mac = hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256)
+    return hmac.compare_digest("v0=" + mac.hexdigest(), sig)
+
+
+def _slack_payload(body: bytes, content_type: str) -> tuple[Any, bool]:
+    """The body as Slack meant it, and whether Bolt would misread it; ValueError if bad.
+
+    Bolt's ``parse_body`` takes any form body containing the text "payload"
+    (``/meet payload review``, a command from #payload-team) for an
+    interactivity payload, finds no ``payload`` field and reads nothing: the
+    command would get a 404.
+    """
+    from urllib.parse import parse_qsl
+
+    text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if not text:
+        return {}, False
+    if content_type.split(";")[0] == "application/json" or text.startswith("{"):
+        return json.loads(text), False
+    fields = dict(parse_qsl(text, keep_blank_values=True))
+    if "payload" in fields:
+        return json.loads(fields["payload"]), False
+    return fields, "payload" in text
+
+
+def _payload_problem(body: Any) -> str | None:
+    """The first field of a signed payload that is not shaped as Slack sends it, else None.
+
+    Bolt's matchers and argument builders index these without checking types
+    (a string ``actions``, a view without ``type``: 500), and listeners should
+    be able to trust them too.
+    """
+    if not isinstance(body, dict):
+        return "body"
+    for key in ("type", "command", "text", "user_id", "team_id", "channel_id", "callback_id"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return key
+    for key in ("trigger_id", "response_url", "action_id"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            return key
+    for key in ("user", "team", "enterprise", "channel", "view", "event", "container", "message"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            return key
+    auths = body.get("authorizations")
+    if auths is not None and not (
+        isinstance(auths, list) and all(isinstance(a, dict) for a in auths)
+    ):
+        return "authorizations"
+    actions = body.get("actions")
+    if body.get("type") == "block_actions" and not (
+        isinstance(actions, list)
+        and actions
+        and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+    ):
+        return "actions"
+    view = body.get("view") or {}
+    if body.get("type") in ("view_submission", "view_closed") and not (
+        isinstance(view.get("type"), str) and isinstance(view.get("callback_id"), str)
+    ):
+        return "view"
+    if view.get("private_metadata") is not None and not isinstance(view["private_metadata"], str):
+        return "view.private_metadata"
+    for state in (body.get("state"), view.get("state")):
+        values = state.get("values") if isinstance(state, dict) else state
+        if values is not None and not (
+            isinstance(values, dict)
+            and all(
+                isinstance(block, dict) and all(isinstance(el, dict) for el in block.values())
+                for block in values.values()
+            )
+        ):
+            return "state"
+    return None
+
+
+def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tuple[str, str] | None:
+    """Read a POST to /slack/ once and refuse it, (status, error), unless Bolt can take it.
+
+    Leaves the same bytes in ``wsgi.input`` for Bolt, and the fields in
+    ``environ["meetbot.slack_fields"]`` when Bolt would misread them.
+    """
+    import io
+
+    stream = environ.get("wsgi.input")
+    body = stream.read(length) if stream is not None and length > 0 else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    if not _slack_signed(secret, environ, body):
+        return "401 Unauthorized", "invalid request"
+    try:
+        payload, misread = _slack_payload(body, str(environ.get("CONTENT_TYPE") or ""))
+        problem = _payload_problem(payload)
+    except (ValueError, RecursionError):
+        problem = "not UTF-8 JSON or form data"
+    if problem is not None:
+        log.warning("refused a signed Slack request: malformed %s", problem)
+        return "400 Bad Request", "malformed request"
+    if misread:
+        environ["meetbot.slack_fields"] = payload
+    return None
+
+
+def _dispatch_fields(
+    bolt_app: App, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    """Dispatch a form body Bolt would misread (see ``_slack_payload``) with its real fields."""
+    from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
+    from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
+    from slack_bolt.context import BoltContext
+    from slack_bolt.request import BoltRequest
+    from slack_bolt.request.internals import build_context
+
+    raw = WsgiHttpRequest(environ)
+    req = BoltRequest(body=raw.get_body(), query=raw.query_string, headers=raw.get_headers())
+    req.body = environ["meetbot.slack_fields"]
+    req.context = build_context(BoltContext({}), req.body)
+    resp = bolt_app.dispatch(req)
+    out = WsgiHttpResponse(status=resp.status, headers=resp.headers, body=resp.body)
+    start_response(out.status, out.get_headers())
+    return out.get_body()
+
+
 def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable[bytes]]:
     """Bolt's routes plus the bot's own: health, and later join links and webhooks."""
     slack_handler = SlackRequestHandler(bolt_app) if bolt_app is not None else None
@@ -169,7 +418,9 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            length = 0
+            length = -1
+        if length < 0:
+            return _json(start_response, "400 Bad Request", {"error": "bad Content-Length"})
         if length > MAX_BODY_BYTES:
             return _json(start_response, "413 Payload Too Large", {"error": "body too large"})
         if path == "/healthz" and method == "GET":
@@ -188,9 +439,24 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
         if path == "/readyz" and method == "GET":
             ready, body = readiness.check()
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
+        if path.startswith(JOIN_PREFIX):
+            return handle_join(services.rooms, environ, start_response)
+        if path.startswith(WEBHOOK_PREFIX):
+            return handle_webhook(services.rooms, environ, start_response)
         if path.startswith("/slack/") and slack_handler is not None:
+            if method == "POST":
+                secret = services.settings.slack_signing_secret or ""
+                refused = _check_slack_post(environ, length, secret)
+                if refused is not None:
+                    return _json(start_response, refused[0], {"error": refused[1]})
             with with_correlation():
-                return slack_handler(environ, start_response)
+                try:
+                    if bolt_app is not None and "meetbot.slack_fields" in environ:
+                        return _dispatch_fields(bolt_app, environ, start_response)
+                    return slack_handler(environ, start_response)
+                except Exception as e:  # Bolt building its request from odd fields
+                    log.warning("refused a Slack request Bolt could not read: %r", e)
+                    return _json(start_response, "400 Bad Request", {"error": "malformed request"})
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     return application
@@ -207,6 +473,7 @@ def serve(
 
     services = Services(settings)
     services.store.migrate()
+    services.prepare_secret()
     bolt_app = build_bolt_app(services)
     services.start()
     server = waitress.create_server(

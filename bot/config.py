@@ -89,6 +89,8 @@ class Settings:
     fanout_workers: int = 8
     #: How long a claimed outbox message is one worker's before others may send it.
     outbox_lease: int = 30
+    #: How often one replica compares AMS's rooms with the database.
+    reconcile_interval: int = 300
 
     @property
     def rotation_enabled(self) -> bool:
@@ -445,6 +447,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     max_open = r.integer("MEETBOT_MAX_OPEN_ROOMS_PER_USER", 5)
     fanout_workers = r.integer("MEETBOT_FANOUT_WORKERS", 8, high=1000)
     outbox_lease = r.duration("MEETBOT_OUTBOX_LEASE", 30, allow_zero=False)
+    reconcile_interval = r.duration("MEETBOT_RECONCILE_INTERVAL", 300, allow_zero=False)
     allow_guests = r.boolean("MEETBOT_ALLOW_GUESTS", False)
     slack_calls = r.boolean("MEETBOT_SLACK_CALLS", False)
     log_format = r.choice("MEETBOT_LOG_FORMAT", "text", ("text", "json"), str.lower)
@@ -486,4 +489,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ams_concurrency=ams_concurrency,
         fanout_workers=fanout_workers,
         outbox_lease=outbox_lease,
+        reconcile_interval=reconcile_interval,
     )

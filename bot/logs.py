@@ -7,23 +7,79 @@ message after formatting arguments in, which is where a token would appear.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}")
 TOKEN_PARAM_RE = re.compile(r"(token=)[^&\s\"'<>]+", re.IGNORECASE)
 SLACK_TOKEN_RE = re.compile(r"xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}")
+# A click-time link id (bot/joinlinks.py) is as good as a token while its room is open.
+JOIN_LINK_RE = re.compile(r"(/join/)[A-Za-z0-9_-]{16,}")
 REDACTED = "[redacted]"
 NOISY = ("slack_bolt", "slack_sdk", "urllib3", "waitress", "apscheduler")
+
+#: The id that ties together every log line of one Slack request or unit of work.
+#: A ContextVar, not a thread-local, so it follows work handed to another thread
+#: with ``contextvars.copy_context().run`` (see ``Services.submit``).
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "correlation_id", default=None
+)
+
+
+def new_correlation_id() -> str:
+    """A short random id: unique enough to grep for, short enough to read."""
+    return uuid.uuid4().hex[:12]
+
+
+@contextmanager
+def with_correlation(cid: str | None = None) -> Iterator[str]:
+    """Run the block under correlation id ``cid`` (a fresh one when None); yields it.
+
+    The previous id comes back on exit, so units of work can nest.
+    """
+    value = cid or new_correlation_id()
+    token = correlation_id.set(value)
+    try:
+        yield value
+    finally:
+        correlation_id.reset(token)
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose tasks run in their submitter's context.
+
+    Plain pools run tasks in an empty context, so the correlation id is lost
+    at every hand-over; this one copies it (``map`` goes through ``submit``).
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+class CorrelationFilter(logging.Filter):
+    """Puts the current correlation id on every record as ``cid`` ("-" outside any).
+
+    On the handler, not on loggers, so records of every library get it too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.cid = correlation_id.get() or "-"
+        return True
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = JWT_RE.sub(REDACTED, text)
     text = TOKEN_PARAM_RE.sub(r"\1" + REDACTED, text)
     text = SLACK_TOKEN_RE.sub(REDACTED, text)
+    text = JOIN_LINK_RE.sub(r"\1" + REDACTED, text)
     for secret in secrets:
         if secret and len(secret) >= 6:
             text = text.replace(secret, REDACTED)
@@ -50,11 +106,13 @@ class RedactingFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        cid = getattr(record, "cid", "-")
         data = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            "cid": None if cid == "-" else cid,
         }
         if record.exc_text:
             data["exc"] = record.exc_text
@@ -65,10 +123,13 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[str]
     """Configure the root logger once: redaction on, noisy libraries quiet."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(CorrelationFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(cid)s]: %(message)s")
+        )
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

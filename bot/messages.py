@@ -130,6 +130,25 @@ def ended_dm(*, room_id: str, topic: str, reason: str | None = None) -> tuple[st
     )
 
 
+def kicked_dm(*, room_id: str, topic: str, owner_id: str) -> tuple[str, Blocks]:
+    """What a DM turns into when the room's owner removed its reader (`/meet kick`).
+
+    The join button goes: the link is withdrawn, and the text says so plainly
+    so the person knows it was deliberate, not a fault.
+    """
+    title = escape(topic_or_default(topic))
+    text = f"You were removed from {topic_or_default(topic)}; your link no longer works."
+    return text, _blocks(
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f":no_entry: <@{owner_id}> removed you from *{title}*. "
+                "Your personal link to it was withdrawn and no longer lets you in."
+            )
+        ),
+        ContextBlock(elements=[MarkdownTextObject(text=f"Room `{room_id}`")]),
+    )
+
+
 def room_list(rooms: Sequence[Any]) -> str:
     """`/meet list`: the requester's open rooms, one line each."""
     if not rooms:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot import messages
+from bot import joinlinks, messages
 from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
 from bot.config import Settings
 from bot.durations import format_duration
@@ -32,6 +32,7 @@ log = logging.getLogger("meetbot.rooms")
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
+STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
 AMS_MARKER = "meetbot"
 
 # What a failed DM means for the person who opened the room.
@@ -266,9 +267,25 @@ class Rooms:
                 )
 
     def cleanup_failed(self) -> int:
-        """Delete, again, AMS rooms whose create failed unclearly (see ``_mark_failed``)."""
+        """Delete, again, AMS rooms whose create failed unclearly (see ``_mark_failed``).
+
+        A room stuck in ``creating`` (its worker died, or the database refused
+        the activation) is failed first, so it is cleaned up the same way.
+        """
         t = self.now()
         cleaned = 0
+        with self.store.write() as tx:
+            tx.execute(
+                update(Room)
+                .where(Room.state == RoomState.CREATING, Room.created_at < t - STUCK_CREATING_S)
+                .values(
+                    state=RoomState.FAILED,
+                    end_reason="never finished opening",
+                    ended_at=t,
+                    attempts=0,
+                    next_attempt_at=t,
+                )
+            )
         with self.store.read() as s:
             ids = list(
                 s.scalars(
@@ -500,10 +517,15 @@ class Rooms:
         except AmsError as e:
             self._revoke_failed(room_id, e)
             return False
+        return self._mark_revoked(room_id, actor=actor, reason=reason)
+
+    def _mark_revoked(self, room_id: str, *, actor: str, reason: str) -> bool:
+        """The database half of a revoke: state, grants, and the edits owed."""
         t = self.now()
         with self.store.write() as tx:
             room = tx.get(Room, room_id)
-            assert room is not None
+            if room is None:  # deleted behind our back: nothing left to record
+                return False
             room.state = RoomState.REVOKED
             room.ended_at = t
             room.end_reason = reason[:200]
@@ -533,6 +555,22 @@ class Rooms:
         if self.outbox:
             self.outbox.kick()
         return True
+
+    def mark_vanished(self, room_id: str) -> bool:
+        """A room that is active here but gone from AMS: end it here too, tell people."""
+        t = self.now()
+        with self.store.write() as tx:
+            claimed = tx.execute(
+                update(Room)
+                .where(Room.id == room_id, Room.state == RoomState.ACTIVE)
+                .where(or_(Room.lease_until.is_(None), Room.lease_until < t))
+                .values(lease_owner=self.owner, lease_until=t + self.lease_s())
+            ).rowcount
+        if not claimed:
+            return False
+        return self._mark_revoked(
+            room_id, actor="reconcile", reason="the room disappeared from the video server"
+        )
 
     def _revoke_failed(self, room_id: str, e: AmsError) -> None:
         log.warning("revoking room %s failed on AMS: %s", room_id, e)
@@ -730,14 +768,28 @@ class Rooms:
                 text, blocks = messages.ended_dm(
                     room_id=room.id, topic=room.topic, reason=payload.get("reason")
                 )
+            elif payload.get("mode") == "kicked" or grant.revoked_at is not None:
+                # Also for a re-issue queued before a kick: never a link for a revoked grant.
+                text, blocks = messages.kicked_dm(
+                    room_id=room.id, topic=room.topic, owner_id=room.owner_id
+                )
             else:
                 text, blocks = self._invite(room, grant)
             return Rendered(text, blocks, edit_ts=grant.dm_ts)
         log.error("unknown outbox kind %s", row.kind)
         return None
 
-    def link_for(self, room: Room, grant: Grant) -> str:
-        """The personal Circle link of one grant, minted now with the current secret."""
+    def link_for(self, room: Room, grant: Grant, *, direct: bool = False) -> str:
+        """The personal link of one grant, as it goes into a DM.
+
+        With MEETBOT_PUBLIC_URL: ``{public}/join/<id>`` (bot/joinlinks.py), which
+        mints the token only when clicked. Otherwise, or with ``direct=True``
+        (that click), the Circle link minted now with the current secret.
+        """
+        if not direct:
+            public = joinlinks.public_link(self, room, grant)
+            if public is not None:
+                return public
         _, secret = self.secrets.current()
         token = mint_join_token(
             room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret

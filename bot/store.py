@@ -103,10 +103,13 @@ class Grant(Base):
     link_sent_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # SHA-256 (hex) of the grant's click-time link id (bot/joinlinks.py); never the id.
+    link_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("room_id", "user_id", name="uq_grants_room_user"),
         Index("ix_grants_team_user", "team_id", "user_id"),
+        Index("ix_grants_link_hash", "link_hash", unique=True),
     )
 
 

@@ -15,7 +15,8 @@ def register(app: App, services: Services) -> None:
 
     Imported here, not at the top, so ``handlers.text`` (pure) loads without Bolt.
     """
-    from handlers import actions, commands
+    from handlers import actions, commands, views
 
     commands.register(app, services)
     actions.register(app, services)
+    views.register(app, services)

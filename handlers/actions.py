@@ -15,10 +15,17 @@ if TYPE_CHECKING:
 EXTEND_BUTTON_S = 30 * 60  # the owner's DM button: "Extend 30 min"
 
 
+def _text(value: Any) -> str:
+    """A field Slack sends as a string; anything else counts as missing (never ``str(5)``)."""
+    return value if isinstance(value, str) else ""
+
+
 def _who(body: dict[str, Any]) -> tuple[str, str]:
-    user = body.get("user") or {}
-    team = body.get("team") or {}
-    return str(team.get("id") or user.get("team_id") or ""), str(user.get("id") or "")
+    user = body.get("user")
+    team = body.get("team")
+    user = user if isinstance(user, dict) else {}
+    team = team if isinstance(team, dict) else {}
+    return _text(team.get("id")) or _text(user.get("team_id")), _text(user.get("id"))
 
 
 def register(app: App, services: Services) -> None:
@@ -26,15 +33,22 @@ def register(app: App, services: Services) -> None:
     def get_link(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
         team, user = _who(body)
-        room_id = str(action.get("value") or "")
+        room_id = _text(action.get("value"))
         if team and user and room_id:
-            services.submit(services.rooms.send_link, team, room_id, user, body.get("response_url"))
+            services.submit(
+                services.rooms.send_link,
+                team,
+                room_id,
+                user,
+                body.get("response_url"),
+                reply_to=body.get("response_url"),
+            )
 
     @app.action(messages.ACTION_EXTEND)
     def extend_clicked(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
         team, user = _who(body)
-        room_id = str(action.get("value") or "")
+        room_id = _text(action.get("value"))
         if team and user and room_id:
             services.submit(
                 services.rooms.extend,
@@ -43,6 +57,7 @@ def register(app: App, services: Services) -> None:
                 user,
                 EXTEND_BUTTON_S,
                 body.get("response_url"),
+                reply_to=body.get("response_url"),
             )
 
     @app.action(messages.ACTION_JOIN)

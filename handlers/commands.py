@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from bot.rooms import OpenRequest
+from handlers import schedule_commands
 from handlers import text as grammar
 
 if TYPE_CHECKING:
@@ -62,12 +63,28 @@ def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
                     response_url=response_url,
                     enterprise_id=command.get("enterprise_id") or None,
                 ),
+                reply_to=response_url,
             )
         case grammar.End(room_id=room_id):
             ack(text=f"Ending room `{room_id}`…")
-            services.submit(rooms.end_room, team, room_id, user, response_url)
+            services.submit(
+                rooms.end_room, team, room_id, user, response_url, reply_to=response_url
+            )
         case grammar.Extend(room_id=room_id, duration=duration):
             ack(text=f"Extending room `{room_id}`…")
-            services.submit(rooms.extend, team, room_id, user, duration, response_url)
+            services.submit(
+                rooms.extend, team, room_id, user, duration, response_url, reply_to=response_url
+            )
+        case grammar.Schedule() | grammar.ScheduleModal():
+            schedule_commands.handle(cmd, ack, command, services)
+        case grammar.Schedules() | grammar.Unschedule():
+            schedule_commands.handle(cmd, ack, command, services)
+        case grammar.Kick(room_id=room_id, user_id=target):
+            from bot.revocation import kick
+
+            ack(text=f"Removing <@{target}> from room `{room_id}`…")
+            services.submit(
+                kick, rooms, team, room_id, user, target, response_url, reply_to=response_url
+            )
         case _:
             ack(text="That part of `/meet` is not available yet. Try `/meet help`.")

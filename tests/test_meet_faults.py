@@ -392,3 +392,36 @@ def test_serve_refuses_a_bad_configuration_with_exit_code_2(ams, slack, tmp_path
     assert "AMS_URL" in err and "AMS_JWT_SECRET must be at least 32 characters" in err
     assert "PORT" in err
     assert "short" not in err  # a secret's value is never echoed
+
+
+# -- reconciliation -------------------------------------------------------------------------------
+def test_reconciliation_removes_bot_rooms_the_database_does_not_know(start_bot, slack, ams):
+    from bot.ams import AmsClient
+
+    bot = start_bot(MEETBOT_SWEEP_INTERVAL="1", MEETBOT_RECONCILE_INTERVAL="1")
+    url = bot.env["DATABASE_URL"]
+    open_room(sender_for(bot, slack), slack, f"sync <@{BOB}>")
+    room = only_room(url)
+    # Someone else's broadcast, without meetbot's marker, must survive.
+    AmsClient(ams.url, "Conference").create_room("not-ours", "theirs", 0, 0)
+    db_exec(url, "DELETE FROM grants")
+    db_exec(url, "DELETE FROM outbox")
+    db_exec(url, "DELETE FROM rooms")
+    wait_for(lambda: [b["streamId"] for b in rooms_on_ams(ams)] == ["not-ours"], timeout=10)
+    actions = [(a["action"], a["room_id"]) for a in db_rows(url, "audit")]
+    assert ("reconcile_delete", room["id"]) in actions
+
+
+def test_reconciliation_ends_rooms_that_vanished_from_ams(start_bot, slack, ams):
+    from bot.ams import AmsClient
+
+    bot = start_bot(MEETBOT_SWEEP_INTERVAL="1", MEETBOT_RECONCILE_INTERVAL="1")
+    url = bot.env["DATABASE_URL"]
+    open_room(sender_for(bot, slack), slack, f"sync <@{BOB}>")
+    room = only_room(url)
+    wait_for(lambda: slack.messages("C1"))
+    db_exec(url, "UPDATE rooms SET created_at = created_at - 600")
+    AmsClient(ams.url, "Conference").delete_room(room["id"])  # an operator, on AMS
+    wait_for(lambda: only_room(url)["state"] == "revoked", timeout=10)
+    assert "disappeared" in only_room(url)["end_reason"]
+    wait_for(lambda: "has ended" in str(slack.dms_to(BOB)))

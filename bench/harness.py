@@ -1,0 +1,370 @@
+"""Shared plumbing: the bot as a process, the doubles, databases, timing, output.
+
+Everything runs on 127.0.0.1. Every wait has a deadline, every process and
+database this module starts is registered and torn down by ``cleanup()`` (also
+at exit and by the watchdog), so a run always stops by itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from bot.sim.ams import AmsDouble
+from bot.sim.slack import SlackDouble, SlackSender
+
+SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
+BOT_TOKEN = "xoxb-bench-token"
+STREAM_SECRET = "bench-stream-secret-0123456789-0123456789-abcdef"
+TEAM = "T0BENCH"
+PG_ADMIN_URL = os.environ.get(
+    "MEETBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REPO = Path(__file__).resolve().parent.parent
+#: Set by ``python -m bench --profile DIR``: bots then run under ``bench.profiled``.
+PROFILE_DIR: Path | None = None
+PROFILE_TAG = "bot"
+#: The module run as ``python -m MODULE serve``; experiments may wrap ``bot.cli``.
+BOT_MODULE = "bot.cli"
+
+
+class BenchFailure(Exception):
+    """A correctness failure: something was not delivered/revoked exactly once."""
+
+
+# -- results -------------------------------------------------------------------
+@dataclass
+class Line:
+    """One printed result: a measured figure, the limit it is compared with, their ratio."""
+
+    name: str
+    measured: float
+    limit: float
+    unit: str
+    limit_label: str
+    target: float | None = None  # ratio must be <= target; None: report only
+    strict: bool = False  # "fewer than": the ratio must stay below the target
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.limit if self.limit else math.inf
+
+    @property
+    def met(self) -> bool:
+        if self.target is None:
+            return True
+        return self.ratio < self.target if self.strict else self.ratio <= self.target
+
+    def render(self) -> str:
+        op = "<" if self.strict else "<="
+        target = f"target {op} {self.target:.2f}" if self.target is not None else "no target"
+        verdict = "" if self.target is None else ("ok" if self.met else "MISSED")
+        text = (
+            f"{self.name:<30} {fmt(self.measured, self.unit):>14}  "
+            f"limit {fmt(self.limit, self.unit):>14} ({self.limit_label})  "
+            f"ratio {self.ratio:6.3f}  {target}  {verdict}"
+        )
+        if self.note:
+            text += f"  [{self.note}]"
+        return text.rstrip()
+
+
+@dataclass
+class Outcome:
+    """What one benchmark module returns."""
+
+    lines: list[Line] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # correctness, not speed
+
+    def check(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.failures.append(message)
+        return ok
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    if unit == "%":
+        return f"{value:.2f} %"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    return f"{value:g} {unit}".strip()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1): a value that was actually observed."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+def log(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+# -- processes -------------------------------------------------------------------
+_children: list[subprocess.Popen[bytes]] = []
+_cleanups: list[Callable[[], None]] = []
+_registry_lock = threading.Lock()
+
+
+def on_cleanup(fn: Callable[[], None]) -> Callable[[], None]:
+    with _registry_lock:
+        _cleanups.append(fn)
+    return fn
+
+
+def cleanup() -> None:
+    """Stop every child process and run every registered teardown (idempotent)."""
+    with _registry_lock:
+        children, _children[:] = list(_children), []
+        fns, _cleanups[:] = list(_cleanups), []
+    for proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in children:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for fn in reversed(fns):
+        try:
+            fn()
+        except Exception as e:  # a teardown must not hide the others
+            print(f"bench: cleanup step failed: {e}", file=sys.stderr)
+
+
+atexit.register(cleanup)
+
+
+def start_watchdog(seconds: float) -> None:
+    """Hard stop: past ``seconds`` the run is torn down and exits with code 3."""
+
+    def fire() -> None:
+        print(f"bench: still running after {seconds:.0f}s; stopping.", file=sys.stderr, flush=True)
+        cleanup()
+        os._exit(3)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until truthy; raise BenchFailure past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"not within {timeout:.0f}s: {what or predicate}")
+        time.sleep(interval)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` from /proc, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchFailure(f"no VmRSS for pid {pid}")
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1:``port``, output captured to a file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+        self.argv = argv
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> Server:
+        out = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+        )
+        out.close()
+        with _registry_lock:
+            _children.append(self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchFailure(f"{self.argv} exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise BenchFailure(f"{self.argv} did not come up:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with _registry_lock:
+            if self.proc in _children:
+                _children.remove(self.proc)
+        return self.proc.returncode
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def bot_env(
+    ams: AmsDouble, slack: SlackDouble, database_url: str, port: int, **extra: str
+) -> dict[str, str]:
+    """The environment of ``meetbot serve`` pointed at the doubles (production log level)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith(("SLACK_", "AMS_", "MEETBOT_")) or k in ("DATABASE_URL", "PORT"))
+    }
+    env.update(
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_API_URL=slack.api_url,
+        AMS_URL=ams.url,
+        AMS_JWT_SECRET=STREAM_SECRET,
+        AMS_TIMEOUT="10",
+        DATABASE_URL=database_url,
+        PORT=str(port),
+        MEETBOT_LOG_LEVEL="INFO",
+        MEETBOT_MAX_OPEN_ROOMS_PER_USER="1000",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    env.update(extra)
+    return env
+
+
+def meetbot(
+    workdir: Path, ams: AmsDouble, slack: SlackDouble, database_url: str, **extra: str
+) -> Server:
+    """``meetbot serve`` as an operator runs it, pointed at the doubles (not started)."""
+    port = free_port()
+    env = bot_env(ams, slack, database_url, port, **extra)
+    module = BOT_MODULE
+    if PROFILE_DIR is not None:  # --profile: CPU profile of every thread, per bot
+        module = "bench.profiled"
+        env["MEETBOT_BENCH_PROFILE"] = str(PROFILE_DIR / f"{PROFILE_TAG}-{port}")
+    argv = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
+    return Server(argv, env, port, workdir / f"meetbot-{port}.log")
+
+
+def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
+    return SlackSender(
+        server.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack, timeout=10
+    )
+
+
+def doubles(**slack_kw: Any) -> tuple[AmsDouble, SlackDouble]:
+    """Started AMS and Slack doubles, stopped by ``cleanup()``."""
+    ams = AmsDouble(stream_secret=STREAM_SECRET).start()
+    on_cleanup(ams.stop)
+    slack = SlackDouble(bot_token=BOT_TOKEN, team_id=TEAM, **slack_kw).start()
+    on_cleanup(slack.stop)
+    return ams, slack
+
+
+def user_ids(prefix: str, n: int) -> list[str]:
+    """``n`` Slack-shaped user ids (``U`` + 10 upper-case alphanumerics)."""
+    tag = (prefix.upper() + "XXXX")[:4]
+    return [f"U{tag}{i:06d}" for i in range(n)]
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="meetbot-bench-") as d:
+        yield Path(d)
+
+
+# -- databases ---------------------------------------------------------------------
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one run, dropped afterwards."""
+    name = f"meetbot_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as e:
+        admin.dispose()
+        raise BenchFailure(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}") from e
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    on_cleanup(drop)
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _registry_lock:
+            if drop in _cleanups:
+                _cleanups.remove(drop)
+        drop()
+
+
+def scalar(url: str, sql: str, **params: Any) -> Any:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return c.execute(sa.text(sql), params).scalar()
+    finally:
+        engine.dispose()

@@ -1,0 +1,129 @@
+"""Reconciliation: make AMS and the database agree about meetbot's rooms.
+
+Rooms the bot makes carry a marker in the broadcast's ``metaData``
+(``bot.rooms.ams_marker``). Periodically one replica lists AMS's broadcasts:
+a marked room the database does not know, or knows as ended, is stopped and
+deleted (a crash between the AMS create and the database, a slow create that
+landed after the bot gave up, a row removed by hand); an active room that AMS
+no longer has is ended here and its messages edited. Unmarked broadcasts are
+never touched: they are someone else's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import or_, select, update
+
+from bot.ams import AmsClient, AmsError
+from bot.rooms import Rooms, is_ours
+from bot.store import Job, Room, RoomState, Store
+
+log = logging.getLogger("meetbot.reconcile")
+
+JOB = "reconcile_ams"
+# A room younger than this may still be between its AMS create and its row's
+# activation: never call it vanished.
+MIN_AGE_S = 120
+
+
+@dataclass
+class Outcome:
+    deleted: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    seen: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.seen} bot rooms on AMS, {len(self.deleted)} removed, "
+            f"{len(self.vanished)} vanished"
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.deleted or self.vanished)
+
+
+def claim(store: Store, owner: str, now: int, interval: int) -> bool:
+    """Take the reconciliation turn if it is due and nobody holds it."""
+    with store.write() as tx:
+        if tx.get(Job, JOB) is None:
+            tx.add(Job(name=JOB, next_run_at=0))
+            tx.flush()
+        taken = tx.execute(
+            update(Job)
+            .where(Job.name == JOB, Job.next_run_at <= now)
+            .where(or_(Job.lease_until.is_(None), Job.lease_until < now))
+            .values(
+                lease_owner=owner, lease_until=now + max(interval, 60), next_run_at=now + interval
+            )
+        ).rowcount
+    return bool(taken)
+
+
+def reconcile(store: Store, ams: AmsClient, rooms: Rooms, *, now: int) -> Outcome:
+    """One full pass. AMS errors end the pass early; the next turn tries again."""
+    out = Outcome()
+    on_ams: set[str] = set()
+    for broadcast in ams.iter_rooms():
+        if not is_ours(broadcast):
+            continue
+        room_id = str(broadcast.get("streamId") or "")
+        if not room_id:
+            continue
+        out.seen += 1
+        on_ams.add(room_id)
+        with store.read() as s:
+            row = s.get(Room, room_id)
+        if row is not None and row.state in RoomState.OPEN:
+            continue
+        try:
+            ams.stop_room(room_id)
+            ams.delete_room(room_id)
+        except AmsError as e:
+            log.warning("could not remove stray room %s: %s", room_id, e)
+            continue
+        out.deleted.append(room_id)
+        with store.write() as tx:
+            store.audit(
+                tx,
+                "reconcile_delete",
+                actor="reconcile",
+                room_id=room_id,
+                known=row is not None,
+                state=row.state if row else None,
+            )
+    with store.read() as s:
+        active = list(
+            s.scalars(
+                select(Room.id).where(
+                    Room.state == RoomState.ACTIVE, Room.created_at <= now - MIN_AGE_S
+                )
+            )
+        )
+    for room_id in active:
+        if room_id not in on_ams and rooms.mark_vanished(room_id):
+            out.vanished.append(room_id)
+    if out:
+        log.warning("reconciliation: %s", out)
+    return out
+
+
+def run_if_due(
+    store: Store, ams: AmsClient, rooms: Rooms, *, owner: str, now: int, interval: int
+) -> Outcome | None:
+    """The sweep's reconciliation step: at most one replica per interval."""
+    if not claim(store, owner, now, interval):
+        return None
+    try:
+        return reconcile(store, ams, rooms, now=now)
+    except AmsError as e:
+        log.warning("reconciliation skipped: AMS did not answer (%s)", e)
+        return None
+    finally:
+        with store.write() as tx:
+            tx.execute(
+                update(Job)
+                .where(Job.name == JOB, Job.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None, last_run_at=now)
+            )

@@ -1,0 +1,270 @@
+"""Metrics, readiness and correlation ids: over a real `meetbot serve`, and unit-level."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.metrics import Metrics, Readiness
+from bot.store import Store
+from tests.conftest import ALICE, BOB, CAROL, SIGNING_SECRET, TEAM, wait_for
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """``{(sample name, sorted labels): value}`` from ``GET /metrics``."""
+    resp = requests.get(url + "/metrics", timeout=5)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def dms_with_links(slack, user: str) -> bool:
+    return any("token=" in json.dumps(m.get("blocks")) for m in slack.dms_to(user))
+
+
+def test_meet_shows_up_in_metrics(bot, sender, slack):
+    r = sender.command(f"standup <@{BOB}|bob> <@{CAROL}|carol>", user_id=ALICE)
+    assert r.status_code == 200
+    wait_for(lambda: all(dms_with_links(slack, u) for u in (ALICE, BOB, CAROL)))
+
+    def sent_three():
+        m = scrape(bot.url)
+        return (
+            m
+            if value(m, "meetbot_slack_sends_total", kind="dm_link", outcome="sent") == 3
+            else None
+        )
+
+    m = wait_for(sent_three)
+    assert value(m, "meetbot_room_events_total", event="created") == 1
+    assert value(m, "meetbot_room_events_total", event="revoked") == 0
+    assert value(m, "meetbot_open_rooms", state="active") == 1
+    assert value(m, "meetbot_ams_calls_total", op="create_room", outcome="ok") == 1
+    assert value(m, "meetbot_ams_call_seconds_count", op="create_room") == 1
+    assert value(m, "meetbot_slack_sends_total", kind="dm_link", outcome="failed") == 0
+    assert value(m, "meetbot_database_up") == 1
+    assert value(m, "meetbot_scheduler_lag_seconds") is not None
+
+
+def test_readyz_follows_the_database_and_ams(bot, ams):
+    ok = requests.get(bot.url + "/readyz", timeout=5)
+    assert ok.status_code == 200 and ok.json() == {"ready": True}
+    ams.stop()
+    started = time.monotonic()
+    down = requests.get(bot.url + "/readyz", timeout=10)
+    assert time.monotonic() - started < 5
+    assert down.status_code == 503
+    body = down.json()
+    assert body["ready"] is False and set(body["reasons"]) == {"ams"}
+    assert "unavailable" in body["reasons"]["ams"]
+    assert requests.get(bot.url + "/healthz", timeout=5).status_code == 200  # liveness unchanged
+
+
+def test_one_meet_logs_under_one_correlation_id(start_bot, slack, ams):
+    from bot.sim.slack import SlackSender
+
+    bot = start_bot(MEETBOT_LOG_FORMAT="json", MEETBOT_LOG_LEVEL="DEBUG")
+    sender = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    before = len(bot.log().splitlines())
+    sender.command(f"retro <@{BOB}|bob>", user_id=ALICE)
+    wait_for(lambda: dms_with_links(slack, BOB))
+    room_id = next(iter(ams.broadcasts))
+    wait_for(lambda: f"room {room_id} opened" in bot.log())
+    lines = [json.loads(x) for x in bot.log().splitlines()[before:] if x.startswith("{")]
+    assert all("cid" in x for x in lines)
+    # The request (Bolt), the work after the ack (users.info, AMS, the room) share one id.
+    ours = [x for x in lines if x["logger"].startswith(("meetbot.", "slack_bolt"))]
+    ours = [x for x in ours if not x["logger"].startswith("meetbot.outbox")]
+    assert len(ours) >= 3, lines
+    cids = {x["cid"] for x in ours}
+    assert len(cids) == 1 and None not in cids, ours
+    (cid,) = cids
+    assert re.fullmatch(r"[0-9a-f]{12}", cid)
+    assert any(x["logger"] == "meetbot.rooms" and room_id in x["msg"] for x in ours)
+    assert any(x["logger"] == "meetbot.ams" and "/broadcasts/create" in x["msg"] for x in ours)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rooms.py's users.info pool and outbox.py's send pool do not carry the context "
+    "yet: make them bot.logs.ContextThreadPoolExecutor, and have the outbox run each row "
+    "under the cid of the request that owed it; then drop this mark",
+)
+def test_every_line_of_one_meet_carries_its_cid(start_bot, slack, ams):
+    from bot.sim.slack import SlackSender
+
+    bot = start_bot(MEETBOT_LOG_FORMAT="json", MEETBOT_LOG_LEVEL="DEBUG")
+    sender = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack)
+    before = len(bot.log().splitlines())
+    r = sender.command(f"retro <@{BOB}|bob>", user_id=ALICE)
+    slack.wait_for_responses(r.response_key, 1)  # the fan-out report: the last step
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in bot.log().splitlines()[before:] if x.startswith("{")]
+    assert {x["cid"] for x in lines} == {lines[0]["cid"]}, lines
+
+
+def test_context_pool_carries_the_cid():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.logs import ContextThreadPoolExecutor, correlation_id, with_correlation
+
+    with ContextThreadPoolExecutor(2) as ours, ThreadPoolExecutor(2) as plain:
+        with with_correlation("feedbeef0001"):
+            assert list(ours.map(lambda _: correlation_id.get(), range(3))) == ["feedbeef0001"] * 3
+            assert plain.submit(correlation_id.get).result() is None
+
+
+def test_text_logs_carry_the_cid():
+    import io
+    import logging
+
+    from bot.logs import CorrelationFilter, with_correlation
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(CorrelationFilter())
+    handler.setFormatter(logging.Formatter("%(name)s [%(cid)s]: %(message)s"))
+    log = logging.getLogger("meetbot.test.cid")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("outside")
+        with with_correlation("abc123") as cid:
+            assert cid == "abc123"
+            log.warning("inside")
+            with with_correlation() as inner:
+                log.warning("nested")
+            log.warning("back")
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("[-]: outside")
+    assert lines[1].endswith("[abc123]: inside")
+    assert lines[2].endswith(f"[{inner}]: nested") and inner != "abc123"
+    assert lines[3].endswith("[abc123]: back")
+
+
+# -- unit level: the collector over a database --------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+def insert(store: Store, sql: str, **params) -> None:
+    with store.engine.begin() as c:
+        c.execute(sa.text(sql), params)
+
+
+def room(store: Store, room_id: str, state: str, expires_at: int, next_attempt_at: int = 0):
+    insert(
+        store,
+        "INSERT INTO rooms (id, team_id, owner_id, channel_id, topic, state, created_at,"
+        " expires_at, attempts, next_attempt_at) VALUES (:id, 'T', 'U', 'C', 't', :state,"
+        " 0, :exp, 0, :nxt)",
+        id=room_id,
+        state=state,
+        exp=expires_at,
+        nxt=next_attempt_at,
+    )
+
+
+def outbox(store: Store, created_at: int, not_before: int = 0, state: str = "pending"):
+    insert(
+        store,
+        "INSERT INTO outbox (team_id, kind, channel, payload, state, attempts, not_before,"
+        " created_at) VALUES ('T', 'dm_link', 'U', '{}', :state, 0, :nb, :ca)",
+        state=state,
+        nb=not_before,
+        ca=created_at,
+    )
+
+
+def samples(metrics: Metrics) -> dict:
+    text = metrics.render()[0].decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_scheduler_lag_is_the_oldest_due_work(store):
+    now = 1_000_000
+    m = Metrics(store, clock=lambda: now)
+    assert value(samples(m), "meetbot_scheduler_lag_seconds") == 0
+    room(store, "future", "active", now + 600)
+    room(store, "done", "revoked", now - 5000)
+    outbox(store, created_at=now - 3, not_before=0)  # queued "for now" 3 s ago
+    outbox(store, created_at=now - 100, not_before=now + 50)  # a retry, not due yet
+    outbox(store, created_at=now - 9000, state="done")
+    assert value(samples(m), "meetbot_scheduler_lag_seconds") == 3
+    room(store, "overdue", "active", now - 40)
+    room(store, "backing-off", "active", now - 4000, next_attempt_at=now + 30)
+    s = samples(m)
+    assert value(s, "meetbot_scheduler_lag_seconds") == 40
+    assert value(s, "meetbot_open_rooms", state="active") == 3
+    assert value(s, "meetbot_outbox_pending") == 2
+
+
+def test_last_rotation_time(store):
+    m = Metrics(store)
+    assert value(samples(m), "meetbot_stream_secret_last_rotation_timestamp_seconds") is None
+    for version, activated in ((1, 1_700_000_000), (2, 1_700_086_400)):
+        insert(
+            store,
+            "INSERT INTO stream_secrets (version, ciphertext, state, created_at, activated_at)"
+            " VALUES (:v, 'x', 'current', 0, :a)",
+            v=version,
+            a=activated,
+        )
+    s = samples(m)
+    assert value(s, "meetbot_stream_secret_last_rotation_timestamp_seconds") == 1_700_086_400
+
+
+def test_database_trouble_does_not_break_the_scrape(tmp_path):
+    unmigrated = Store(f"sqlite:///{tmp_path / 'empty.db'}")
+    m = Metrics(unmigrated)
+    m.room_event("created")
+    m.outbox_result("dm_link", "ratelimited")
+    s = samples(m)
+    assert value(s, "meetbot_database_up") == 0
+    assert value(s, "meetbot_room_events_total", event="created") == 1
+    assert value(s, "meetbot_slack_sends_total", kind="dm_link", outcome="ratelimited") == 1
+    unmigrated.dispose()
+
+
+def test_two_services_in_one_process_do_not_collide(store):
+    Metrics(store)
+    Metrics(store)  # own registries: no "Duplicated timeseries" error
+
+
+def test_readiness_deadline(store):
+    def slow_ams() -> None:
+        time.sleep(3)
+
+    ready = Readiness(store, slow_ams, timeout=0.2)
+    started = time.monotonic()
+    ok, body = ready.check()
+    assert time.monotonic() - started < 1
+    assert not ok and "no answer within 0.2s" in body["reasons"]["ams"]
+    ready.close()
