@@ -117,10 +117,14 @@ def delivered(ams: AmsDouble, slack: SlackDouble, users: list[str], creates: int
 
 
 def run(quick: bool = False) -> Outcome:
+    with doubles() as (ams, slack):
+        return measure(ams, slack, quick)
+
+
+def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
     n = 20 if quick else 300
     warm = 8 if quick else 30
     out = Outcome()
-    ams, slack = doubles()
     concurrencies = (1, 16)
     population = Population(slack, 2 * len(concurrencies) * (n + warm) + n + warm)
     floor_users = population.take(n + warm)  # bodies for the floor (never acted on)

@@ -35,6 +35,7 @@ from bench.harness import (
     wait_until,
     workdir,
 )
+from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
 
 CHANNEL = "C0FANOUT"
@@ -54,14 +55,18 @@ def caps_time(per_channel: Counter[str], rate: float, cap: int) -> float:
 
 
 def run(quick: bool = False) -> Outcome:
-    invitees_n = 3 if quick else 30
-    rooms_n = 3 if quick else 10
-    out = Outcome()
-    ams, slack = doubles(
+    with doubles(
         latency=LATENCY_S,
         per_channel_rate=RATE_PER_CHANNEL,
         workspace_cap_per_minute=CAP_PER_MINUTE,
-    )
+    ) as (ams, slack):
+        return measure(ams, slack, quick)
+
+
+def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
+    invitees_n = 3 if quick else 30
+    rooms_n = 3 if quick else 10
+    out = Outcome()
     requester, *invitees = user_ids("FAN", invitees_n + 1)
     for u in [requester, *invitees]:
         slack.add_user(u, u.lower())

@@ -312,13 +312,18 @@ def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
     )
 
 
-def doubles(**slack_kw: Any) -> tuple[AmsDouble, SlackDouble]:
-    """Started AMS and Slack doubles, stopped by ``cleanup()``."""
+@contextmanager
+def doubles(**slack_kw: Any) -> Iterator[tuple[AmsDouble, SlackDouble]]:
+    """Started AMS and Slack doubles on loopback, stopped on leaving (or by ``cleanup()``)."""
     ams = AmsDouble(stream_secret=STREAM_SECRET).start()
     on_cleanup(ams.stop)
     slack = SlackDouble(bot_token=BOT_TOKEN, team_id=TEAM, **slack_kw).start()
     on_cleanup(slack.stop)
-    return ams, slack
+    try:
+        yield ams, slack
+    finally:
+        slack.stop()
+        ams.stop()
 
 
 def user_ids(prefix: str, n: int) -> list[str]:

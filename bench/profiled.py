@@ -5,7 +5,8 @@ set to a directory: on exit it writes one pstats file per thread group
 (``waitress``, ``work``, ``outbox``, ``users``, ``ams``, ``MainThread``, ...)
 measured with ``time.thread_time``, so a function's ``tottime`` is the CPU it
 used on that group's threads (time blocked on a socket or on a lock is not
-counted). ``python -m bench --profile DIR`` starts the bot this way.
+counted; ``MEETBOT_BENCH_PROFILE_CLOCK=wall`` counts elapsed time instead).
+``python -m bench --profile DIR`` starts the bot this way.
 Read with ``python -m pstats DIR/work.pstats`` or ``bench.profiled.report``.
 """
 
@@ -23,6 +24,9 @@ from pathlib import Path
 
 _profiles: list[tuple[str, cProfile.Profile]] = []
 _lock = threading.Lock()
+#: ``MEETBOT_BENCH_PROFILE_CLOCK=wall`` counts elapsed time instead (where the time goes
+#: when the process is not busy: waiting on AMS, on a database lock, on a pool).
+_TIMER = time.perf_counter if os.environ.get("MEETBOT_BENCH_PROFILE_CLOCK") == "wall" else time.thread_time
 
 
 def _group(name: str) -> str:
@@ -32,7 +36,7 @@ def _group(name: str) -> str:
 
 def _on_thread_start(*_args: object) -> None:
     sys.setprofile(None)
-    prof = cProfile.Profile(time.thread_time)
+    prof = cProfile.Profile(_TIMER)
     with _lock:
         _profiles.append((_group(threading.current_thread().name), prof))
     prof.enable()
@@ -76,7 +80,7 @@ def report(directory: Path, limit: int = 25) -> str:
 def main() -> None:
     out = Path(os.environ["MEETBOT_BENCH_PROFILE"])
     threading.setprofile(_on_thread_start)
-    main_prof = cProfile.Profile(time.thread_time)
+    main_prof = cProfile.Profile(_TIMER)
     with _lock:
         _profiles.append(("MainThread", main_prof))
     main_prof.enable()

@@ -179,12 +179,12 @@ class Ops:
 
 
 def _secret_source(settings: Settings, store: Store) -> Any:
-    """Where join tokens get their secret; must follow the rule ``Services`` uses.
+    """Where join tokens get their secret: the rule of ``Services._secret_source``.
 
-    With rotation on, the current secret lives encrypted in the database
-    (``bot.stream_secret``); otherwise it is AMS_JWT_SECRET.
+    With MEETBOT_SECRET_KEY set, the current secret lives encrypted in the
+    database (``bot.stream_secret``); otherwise it is AMS_JWT_SECRET.
     """
-    if settings.rotation_enabled and settings.secret_key:
+    if settings.secret_key:
         from bot.stream_secret import RotatingSecret, Vault
 
         return RotatingSecret(store, Vault(settings.secret_key))
@@ -224,7 +224,9 @@ def build_ops(settings: Settings) -> Ops:
     slack = SlackGateway(settings.slack_bot_token, settings.slack_api_url)
     rooms = Rooms(settings, store, ams, slack, _secret_source(settings, store))
     rooms.owner = f"cli:{worker_id()}"[:64]  # lease_owner columns are 64 wide
-    outbox = OutboxWorker(store, slack, rooms, workers=1, owner=rooms.owner)
+    outbox = OutboxWorker(
+        store, slack, rooms, workers=1, owner=rooms.owner, lease=settings.outbox_lease
+    )
     rooms.outbox = outbox
     return Ops(settings, store, rooms, outbox)
 
@@ -395,13 +397,12 @@ def send_owed_edits(ops: Ops, room_ids: Sequence[str], *, progress: bool) -> tup
     bot. Rows Slack's pace cannot take now stay pending for the bot to send.
     Returns ``(sent, left)``.
     """
-    from bot.outbox import LEASE_S
     from bot.store import OutboxState
 
     rows = []
     for room_id in room_ids:
         rows += ops.store.claim_outbox(
-            ops.outbox.owner, at=_now(), lease=LEASE_S, limit=1000, room_id=room_id
+            ops.outbox.owner, at=_now(), lease=ops.outbox.lease, limit=1000, room_id=room_id
         )
     if not rows:
         return 0, 0

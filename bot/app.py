@@ -20,15 +20,18 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.oauth.oauth_flow import OAuthFlow
+from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_sdk import WebClient
 
 from bot import reconcile as ams_reconcile
 from bot.ams import AmsClient, AmsManagement
+from bot.calls import CALL_JOIN_PREFIX, HOOK_PREFIX, SlackCalls, handle_hook
 from bot.config import Settings
 from bot.joinlinks import JOIN_PREFIX, handle_join
 from bot.logs import correlation_id, with_correlation
 from bot.metrics import Metrics, Readiness
-from bot.notify import SlackGateway
+from bot.notify import SlackGateway, acting_for
 from bot.outbox import OutboxWorker, worker_id
 from bot.revocation import WEBHOOK_PREFIX, handle_webhook
 from bot.rooms import Rooms, SecretSource, StaticSecret
@@ -43,6 +46,7 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
+from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
 
 log = logging.getLogger("meetbot.app")
 
@@ -79,7 +83,12 @@ class Services:
             timeout=(3.05, settings.ams_timeout),
             observer=self.metrics.observe_ams,
         )
-        self.slack = SlackGateway(settings.slack_bot_token, settings.slack_api_url)
+        self.workspaces = Workspaces(settings, self.store.engine)
+        self.slack = SlackGateway(
+            settings.slack_bot_token,
+            settings.slack_api_url,
+            token_for=self.workspaces.token_for if settings.oauth_enabled else None,
+        )
         self.rooms = Rooms(
             settings,
             self.store,
@@ -90,6 +99,7 @@ class Services:
         )
         self.rooms.owner = self.owner
         self.rooms.on_event = self.metrics.room_event
+        self.calls = SlackCalls.install(settings, self.store, self.rooms, self.slack, clock=clock)
         self.outbox = OutboxWorker(
             self.store,
             self.slack,
@@ -192,7 +202,19 @@ class Services:
         if self.vault is not None:
             # A rotation by another replica or by `meetbot rotate-secret`.
             tasks["reissue"] = self.reissue_links
+        if self.calls is not None:
+            tasks["calls"] = self.calls.sweep
         return tasks
+
+    def uninstall(self, team_id: str | None, enterprise_id: str | None, why: str) -> None:
+        """``app_uninstalled`` / ``tokens_revoked``: end the workspace's rooms and
+        schedules, then forget its installation."""
+        log.warning("workspace %s: %s; ending its rooms and schedules", team_id, why)
+        if team_id:
+            ended = self.rooms.end_workspace(team_id, reason=f"the app was {why}")
+            stopped = self.schedules.stop_workspace(team_id)
+            log.info("workspace %s: %d rooms ended, %d schedules stopped", team_id, ended, stopped)
+        self.workspaces.forget(team_id, enterprise_id)
 
     def reconcile_if_due(self) -> object:
         return ams_reconcile.run_if_due(
@@ -214,6 +236,8 @@ class Services:
             self.scheduler.stop()
         self._background.shutdown(wait=True, cancel_futures=False)
         self.schedules.close()
+        if self.calls is not None:
+            self.calls.close()
         self.outbox.stop()
         self.store.release_rooms(self.owner)
         self.store.dispose()
@@ -227,6 +251,23 @@ def load_listeners() -> list[Listener]:
 def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = None) -> App:
     s = services.settings
     client = WebClient(token=s.slack_bot_token, base_url=s.slack_api_url, timeout=10)
+    oauth: dict[str, Any] = {}
+    if s.oauth_enabled:
+        # Multi-workspace: Bolt's install flow at /slack/install and
+        # /slack/oauth_redirect (state checked), installations in our database.
+        oauth["oauth_flow"] = OAuthFlow(
+            client=WebClient(base_url=s.slack_api_url, timeout=10),
+            settings=OAuthSettings(
+                client_id=s.slack_client_id,
+                client_secret=s.slack_client_secret,
+                scopes=list(BOT_SCOPES),
+                installation_store_bot_only=True,
+                token_rotation_expiration_minutes=ROTATE_BEFORE_MIN,
+                **services.workspaces.oauth_kwargs(),
+            ),
+        )
+        oauth["installation_store"] = services.workspaces.installation_store
+        oauth["installation_store_bot_only"] = True
     app = App(
         signing_secret=s.slack_signing_secret or "unused-in-socket-mode",
         client=client,
@@ -235,7 +276,14 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         process_before_response=True,
         token_verification_enabled=False,
         request_verification_enabled=s.http_mode,
+        **oauth,
     )
+
+    @app.middleware
+    def workspace(context: Any, next_: Callable[[], Any]) -> Any:
+        """Slack calls made for this request, and work handed on from it, use its workspace."""
+        with acting_for(context.team_id, context.enterprise_id):
+            return next_()
 
     @app.middleware
     def correlate(body: dict[str, Any], next_: Callable[[], Any]) -> Any:
@@ -439,6 +487,10 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
         if path == "/readyz" and method == "GET":
             ready, body = readiness.check()
             return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
+        if path.startswith(CALL_JOIN_PREFIX) and services.calls is not None:
+            return services.calls.handle_join(environ, start_response)
+        if path.startswith(HOOK_PREFIX):
+            return handle_hook(services.calls, services.settings, environ, start_response)
         if path.startswith(JOIN_PREFIX):
             return handle_join(services.rooms, environ, start_response)
         if path.startswith(WEBHOOK_PREFIX):

@@ -450,6 +450,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     reconcile_interval = r.duration("MEETBOT_RECONCILE_INTERVAL", 300, allow_zero=False)
     allow_guests = r.boolean("MEETBOT_ALLOW_GUESTS", False)
     slack_calls = r.boolean("MEETBOT_SLACK_CALLS", False)
+    # A Call has one shared join URL: Sign in with Slack (client credentials) at
+    # a public callback tells the bot who clicked (bot/calls.py).
+    calls_missing = [
+        name
+        for name, value in [
+            ("MEETBOT_PUBLIC_URL", r.raw("MEETBOT_PUBLIC_URL")),
+            ("SLACK_CLIENT_ID", client_id),
+            ("SLACK_CLIENT_SECRET", client_secret),
+        ]
+        if not value
+    ]
+    if slack_calls and calls_missing:
+        r.problem(
+            f"MEETBOT_SLACK_CALLS=1 needs {' and '.join(calls_missing)} "
+            "(people joining a Slack Call sign in with Slack to get their own link)"
+        )
     log_format = r.choice("MEETBOT_LOG_FORMAT", "text", ("text", "json"), str.lower)
     log_level = r.choice("MEETBOT_LOG_LEVEL", "INFO", _LOG_LEVELS, str.upper)
 

@@ -273,12 +273,14 @@ def _database_checks(settings: Settings, timeout: float) -> tuple[Check, list[tu
 
 
 def _rotated_secrets(conn: Any, settings: Settings) -> list[tuple[str, str]]:
-    """With rotation on, the stream secrets the bot stored: ``[(state, secret)]``.
+    """With MEETBOT_SECRET_KEY set, the stream secrets the bot stored: ``[(state, secret)]``.
 
-    Encrypted with MEETBOT_SECRET_KEY (Fernet). Anything unreadable is left
-    out: the stream secret check then falls back to AMS_JWT_SECRET and says so.
+    Then the bot signs with the stored ``current`` secret (``bot.stream_secret``),
+    encrypted with that key (Fernet). Anything unreadable is left out: the
+    stream secret check then falls back to AMS_JWT_SECRET, which is what the
+    bot seeds the store with on its first start.
     """
-    if not (settings.rotation_enabled and settings.secret_key):
+    if not settings.secret_key:
         return []
     from cryptography.fernet import Fernet, InvalidToken
     from sqlalchemy import select

@@ -17,6 +17,7 @@ from typing import Any
 from slack_sdk.models.blocks import (
     ActionsBlock,
     ButtonElement,
+    CallBlock,
     ContextBlock,
     MarkdownTextObject,
     SectionBlock,
@@ -50,9 +51,19 @@ def _blocks(*blocks: Any) -> Blocks:
 
 
 def room_card(
-    *, room_id: str, topic: str, owner_id: str, expires_at: int, ended: bool = False
+    *,
+    room_id: str,
+    topic: str,
+    owner_id: str,
+    expires_at: int,
+    ended: bool = False,
+    call_id: str | None = None,
 ) -> tuple[str, Blocks]:
-    """The channel message: who opened which room until when. No link in it."""
+    """The channel message: who opened which room until when. No link in it.
+
+    ``call_id``: the room's Slack Call (bot/calls.py); an open room's card then
+    shows the Call, whose Join button signs the clicker in for their own link.
+    """
     title = escape(topic_or_default(topic))
     if ended:
         text = f"The room “{topic_or_default(topic)}” has ended."
@@ -68,6 +79,7 @@ def room_card(
                 f"open until {when(expires_at)}."
             )
         ),
+        *([CallBlock(call_id=call_id)] if call_id else []),
         ActionsBlock(
             block_id=f"room:{room_id}",
             elements=[

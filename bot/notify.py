@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,24 +90,85 @@ class UnknownUser(Exception):
     pass
 
 
-class SlackGateway:
-    """Every Slack Web API call meetbot makes, with typed failures."""
+#: The workspace (team id, enterprise id) the current work is for. Set with
+#: ``acting_for``; the gateway picks that workspace's bot token from it.
+CURRENT_TEAM: ContextVar[tuple[str | None, str | None] | None] = ContextVar(
+    "meetbot_team", default=None
+)
 
-    def __init__(self, token: str | None, api_url: str, *, timeout: int = SLACK_TIMEOUT_S) -> None:
-        self.reader = WebClient(
+
+@contextmanager
+def acting_for(team_id: str | None, enterprise_id: str | None = None) -> Iterator[None]:
+    """Make Slack calls in this block with ``team_id``'s bot token."""
+    reset = CURRENT_TEAM.set((team_id, enterprise_id))
+    try:
+        yield
+    finally:
+        CURRENT_TEAM.reset(reset)
+
+
+class SlackGateway:
+    """Every Slack Web API call meetbot makes, with typed failures.
+
+    ``token_for(team_id, enterprise_id)`` (multi-workspace installs) picks the
+    bot token of the workspace named by ``acting_for``; without it every call
+    uses the single ``token``.
+    """
+
+    def __init__(
+        self,
+        token: str | None,
+        api_url: str,
+        *,
+        timeout: int = SLACK_TIMEOUT_S,
+        token_for: Callable[[str | None, str | None], str | None] | None = None,
+    ) -> None:
+        self._api_url = api_url
+        self._timeout = timeout
+        self._token_for = token_for
+        self._default = self._clients_for(token)
+        self._by_token: dict[str, tuple[WebClient, WebClient]] = {}
+        self._http = requests.Session()
+        self._users: dict[str, tuple[float, UserInfo]] = {}
+        self._lock = threading.Lock()
+
+    def _clients_for(self, token: str | None) -> tuple[WebClient, WebClient]:
+        reader = WebClient(
             token=token,
-            base_url=api_url,
-            timeout=timeout,
+            base_url=self._api_url,
+            timeout=self._timeout,
             retry_handlers=[
                 ConnectionErrorRetryHandler(max_retry_count=2),
                 RateLimitErrorRetryHandler(max_retry_count=2),
             ],
         )
-        self.writer = WebClient(token=token, base_url=api_url, timeout=timeout, retry_handlers=[])
-        self._http = requests.Session()
-        self._timeout = timeout
-        self._users: dict[str, tuple[float, UserInfo]] = {}
-        self._lock = threading.Lock()
+        writer = WebClient(
+            token=token, base_url=self._api_url, timeout=self._timeout, retry_handlers=[]
+        )
+        return reader, writer
+
+    def _clients(self) -> tuple[WebClient, WebClient]:
+        if self._token_for is None:
+            return self._default
+        team = CURRENT_TEAM.get()
+        token = self._token_for(*team) if team else None
+        if not token:
+            raise SlackSendError("not_installed", permanent=True)
+        with self._lock:
+            pair = self._by_token.get(token)
+            if pair is None:
+                pair = self._by_token[token] = self._clients_for(token)
+            return pair
+
+    @property
+    def reader(self) -> WebClient:
+        """Client for reads: retried on connection errors and 429s (safe to repeat)."""
+        return self._clients()[0]
+
+    @property
+    def writer(self) -> WebClient:
+        """Client for writes: never retried by slack_sdk (the outbox owns retries)."""
+        return self._clients()[1]
 
     # -- reads ----------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo:
@@ -227,6 +291,76 @@ class SlackGateway:
         except requests.RequestException as e:
             log.warning("response_url failed: %s", type(e).__name__)
             return False
+
+    def post_ephemeral(self, channel: str, user_id: str, text: str) -> bool:
+        """chat.postEphemeral: a reply only ``user_id`` sees, for when there is no response_url.
+
+        Like ``respond``, a courtesy: failures (the bot is not in the channel,
+        the person left it) are logged, not raised.
+        """
+        try:
+            self._call(self.writer.chat_postEphemeral, channel=channel, user=user_id, text=text)
+            return True
+        except SlackSendError as e:
+            log.warning("chat.postEphemeral failed: %s", e.error)
+            return False
+
+    def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
+        """views.publish of a Home tab; raises SlackSendError.
+
+        On the retrying client: publishing the same view twice is harmless.
+        """
+        self._call(self.reader.views_publish, user_id=user_id, view=view)
+
+    # -- Calls API and Sign in with Slack (bot/calls.py) --------------------
+    def call_add(
+        self,
+        *,
+        external_unique_id: str,
+        join_url: str,
+        created_by: str,
+        title: str,
+        date_start: int,
+    ) -> str:
+        """calls.add (Tier 2); returns the Call's id. On the writer: never resent blindly."""
+        resp = self._call(
+            self.writer.calls_add,
+            external_unique_id=external_unique_id,
+            join_url=join_url,
+            created_by=created_by,
+            title=title,
+            date_start=date_start,
+        )
+        return str(resp["call"]["id"])
+
+    def call_end(self, call_id: str, duration: int | None = None) -> None:
+        """calls.end; raises SlackSendError."""
+        self._call(self.writer.calls_end, id=call_id, duration=duration)
+
+    def call_participants(self, call_id: str, user_ids: list[str], *, joined: bool) -> None:
+        """calls.participants.add (``joined``) or .remove for Slack users; raises SlackSendError."""
+        writer = self.writer
+        method = writer.calls_participants_add if joined else writer.calls_participants_remove
+        self._call(method, id=call_id, users=[{"slack_id": u} for u in user_ids])
+
+    def openid_token(
+        self, *, client_id: str, client_secret: str, code: str, redirect_uri: str
+    ) -> dict[str, Any]:
+        """openid.connect.token: a Sign in with Slack code for its ``id_token``.
+
+        Authenticated by the app's client credentials, not a bot token, so it
+        works the same in single- and multi-workspace mode. Never retried: the
+        code is single-use.
+        """
+        client = WebClient(base_url=self._api_url, timeout=self._timeout, retry_handlers=[])
+        resp = self._call(
+            client.openid_connect_token,
+            client_id=client_id,
+            client_secret=client_secret,
+            code=code,
+            redirect_uri=redirect_uri,
+        )
+        return dict(resp.data) if isinstance(resp.data, dict) else {}
 
     @staticmethod
     def _call(method: Any, **kwargs: Any) -> Any:

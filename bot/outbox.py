@@ -17,11 +17,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.notify import SlackGateway, SlackSendError
+from bot.logs import ContextThreadPoolExecutor
+from bot.notify import SlackGateway, SlackSendError, acting_for
 from bot.store import Outbox, OutboxState, Store, now
 
 log = logging.getLogger("meetbot.outbox")
@@ -71,7 +71,7 @@ class OutboxWorker:
         self.owner = owner or worker_id()
         self.poll_interval = poll_interval
         self.lease = lease
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
+        self._pool = ContextThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._slots = threading.Semaphore(workers)
         self._workers = workers
         self._wake = threading.Event()
@@ -152,6 +152,10 @@ class OutboxWorker:
 
     # -- one row ---------------------------------------------------------
     def send(self, row: Outbox) -> None:
+        with acting_for(row.team_id, row.enterprise_id):
+            self._send(row)
+
+    def _send(self, row: Outbox) -> None:
         rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")

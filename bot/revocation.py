@@ -233,6 +233,7 @@ def kick(
     log.info("room %s: %s removed %s", room_id, user_id, target_id)
     if rooms.outbox:
         rooms.outbox.kick()
+    rooms.room_changed(room_id)
     rooms._tell(
         response_url,
         kick_reply(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,12 +25,28 @@ from bot import joinlinks, messages
 from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
 from bot.config import Settings
 from bot.durations import format_duration
-from bot.notify import SlackGateway, UnknownUser, UserInfo
+from bot.logs import ContextThreadPoolExecutor
+from bot.notify import SlackGateway, UnknownUser, UserInfo, acting_for
 from bot.outbox import OutboxWorker, Rendered
 from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
 from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
 
 log = logging.getLogger("meetbot.rooms")
+
+#: Where replies meant for the person go when their request has no response_url
+#: (clicks on the App Home): set with ``replies_to`` around the call.
+REPLY_SINK: ContextVar[Callable[[str], None] | None] = ContextVar("meetbot_reply", default=None)
+
+
+@contextmanager
+def replies_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Send ``Rooms``' replies in this block (refusals, confirmations) to ``sink``."""
+    reset = REPLY_SINK.set(sink)
+    try:
+        yield
+    finally:
+        REPLY_SINK.reset(reset)
+
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
@@ -82,6 +100,9 @@ class OpenRequest:
     # Chosen in advance by a schedule's occurrence, so a retried firing creates
     # (or finds) the very same AMS room instead of a second one.
     room_id: str | None = None
+    # How the requester hears the outcome when there is no response_url (the
+    # App Home's modal, a shortcut without one): called with the text.
+    notify: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 def ams_marker(team_id: str) -> str:
@@ -116,10 +137,16 @@ class Rooms:
         self.secrets = secrets
         self.clock = clock
         self.outbox: OutboxWorker | None = None
-        self._lookup_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="users")
+        self._lookup_pool = ContextThreadPoolExecutor(max_workers=8, thread_name_prefix="users")
         self.owner = "rooms"
         self._ams_executor: ThreadPoolExecutor | None = None
         self.on_event: Callable[[str], None] | None = None  # metrics hook: "created" etc.
+        # Whose view of rooms changed: (team, users) after open/end/extend/kick (App Home).
+        self.on_change: Callable[[str, list[str]], None] | None = None
+        # Slack Calls (bot/calls.py): a room AMS created, before it is activated
+        # (its card must carry the Call), and a room just revoked (off the transaction).
+        self.on_opening: Callable[[Room], object] | None = None
+        self.on_revoked: Callable[[Room], object] | None = None
 
     def now(self) -> int:
         return int(self.clock())
@@ -158,11 +185,15 @@ class Rooms:
     # -- open -------------------------------------------------------------
     def open_room(self, req: OpenRequest) -> Room | None:
         """Create the room on AMS and owe everyone their DM. Tells the requester."""
+        with acting_for(req.team_id, req.enterprise_id):
+            return self._open_room(req)
+
+    def _open_room(self, req: OpenRequest) -> Room | None:
         try:
             people = self.resolve_people(req.user_id, req.invitees)
             room = self._create(req, people)
         except RoomError as e:
-            self._tell(req.response_url, e.user_message)
+            self._tell_requester(req, e.user_message)
             return None
         if self.outbox:
             self.outbox.watch_room(room.id, lambda rows: self._fanout_done(req, room, rows))
@@ -232,6 +263,7 @@ class Rooms:
                 self._mark_failed(room.id, type(e).__name__)
                 self._cleanup_on_ams(room.id)
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
+        self._hook(self.on_opening, room)
         return self._activate(room, req, people)
 
     def _ours_on_ams(self, room_id: str) -> bool:
@@ -359,12 +391,14 @@ class Rooms:
             room = row
         log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
         self._event("created")
+        self.room_changed(room.id)
         return room
 
     def _outbox(self, room: Room, kind: str, channel: str, **kw: Any) -> Outbox:
         payload = kw.pop("payload", {})
         return Outbox(
             team_id=room.team_id,
+            enterprise_id=room.enterprise_id,
             kind=kind,
             room_id=room.id,
             channel=channel,
@@ -388,6 +422,7 @@ class Rooms:
                     topic=room.topic,
                     owner_id=room.owner_id,
                     expires_at=room.expires_at,
+                    call_id=current.slack_call_id,
                 )
                 self.slack.respond(req.response_url, text, blocks=blocks, in_channel=True)
         dms = [r for r in rows if r.kind == "dm_link"]
@@ -403,7 +438,7 @@ class Rooms:
                 f":warning: I couldn't DM <@{r.channel}>: they {reason}. "
                 "They can still press *Get my link* on the room's message."
             )
-        self._tell(req.response_url, "\n".join(lines))
+        self._tell_requester(req, "\n".join(lines))
 
     # -- links ------------------------------------------------------------
     def send_link(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
@@ -552,9 +587,25 @@ class Rooms:
             )
         log.info("room %s revoked (%s)", room_id, reason)
         self._event("revoked")
+        self.room_changed(room_id)
+        self._hook(self.on_revoked, room)
         if self.outbox:
             self.outbox.kick()
         return True
+
+    def end_workspace(self, team_id: str, *, reason: str) -> int:
+        """The app left a workspace: end every room of it on AMS.
+
+        Its messages cannot be edited any more (the token is gone), so the
+        owed edits fail fast and are recorded as failed.
+        """
+        with self.store.read() as s:
+            ids = list(
+                s.scalars(
+                    select(Room.id).where(Room.team_id == team_id, Room.state == RoomState.ACTIVE)
+                )
+            )
+        return sum(1 for room_id in ids if self.revoke(room_id, actor="slack", reason=reason))
 
     def mark_vanished(self, room_id: str) -> bool:
         """A room that is active here but gone from AMS: end it here too, tell people."""
@@ -617,30 +668,44 @@ class Rooms:
 
     def _ams_pool(self) -> ThreadPoolExecutor:
         if self._ams_executor is None:
-            self._ams_executor = ThreadPoolExecutor(
+            self._ams_executor = ContextThreadPoolExecutor(
                 max_workers=self.settings.ams_concurrency, thread_name_prefix="ams"
             )
         return self._ams_executor
 
     # -- extend and re-issue ------------------------------------------------------
     def extend(
-        self, team_id: str, room_id: str, user_id: str, duration: int, response_url: str | None
+        self,
+        team_id: str,
+        room_id: str,
+        user_id: str,
+        duration: int,
+        response_url: str | None,
+        *,
+        expect_expires_at: int | None = None,
     ) -> bool:
         """Give a room more time (owner only), within MEETBOT_MAX_ROOM_TTL.
 
         Tokens carry the room's end in ``exp``, so every DM is edited in place
         with a fresh link; the old one would die at the old end.
+        ``expect_expires_at``: the end the person saw when they clicked; a
+        second click on the same button (or a replica racing) then extends once.
         """
         max_ttl = self.settings.max_room_ttl
         refusal = None
         with self.store.write() as tx:
-            room = tx.get(Room, room_id)
+            room = tx.get(Room, room_id, with_for_update=True)
             if room is None or room.team_id != team_id:
                 refusal = f"I don't know a room `{room_id}` in this workspace."
             elif room.owner_id != user_id:
                 refusal = f"Only the room's owner (<@{room.owner_id}>) can extend it."
             elif room.state != RoomState.ACTIVE:
                 refusal = f"Room `{room_id}` has already ended."
+            elif expect_expires_at is not None and room.expires_at != expect_expires_at:
+                refusal = (
+                    f"Room `{room_id}` was already extended: it runs until "
+                    f"{messages.when(room.expires_at)}."
+                )
             elif room.expires_at + duration - room.created_at > max_ttl:
                 left = max(0, room.created_at + max_ttl - room.expires_at)
                 refusal = (
@@ -654,6 +719,7 @@ class Rooms:
             return False
         if self.outbox:
             self.outbox.kick()
+        self.room_changed(room_id)
         self._tell(
             response_url,
             f"*{messages.escape(messages.topic_or_default(topic))}* now runs until "
@@ -749,6 +815,7 @@ class Rooms:
                 owner_id=room.owner_id,
                 expires_at=room.expires_at,
                 ended=room.state != RoomState.ACTIVE,
+                call_id=room.slack_call_id,
             )
             if row.kind == "card_update":
                 return Rendered(text, blocks, edit_ts=room.channel_ts) if room.channel_ts else None
@@ -794,8 +861,18 @@ class Rooms:
         token = mint_join_token(
             room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
         )
+        stream_id = None
+        if self.settings.slack_calls and room.slack_call_id:
+            from bot.calls import participant_stream_id  # bot.calls imports this module
+
+            stream_id = participant_stream_id(self.settings, room.id, grant.user_id)
         return circle_link(
-            self.settings.ams_url, self.settings.ams_app, room.id, token, grant.display_name
+            self.settings.ams_url,
+            self.settings.ams_app,
+            room.id,
+            token,
+            grant.display_name,
+            stream_id=stream_id,
         )
 
     def _invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
@@ -819,11 +896,52 @@ class Rooms:
         return messages.room_list(self.store.open_rooms_of(team_id, user_id))
 
     def _tell(self, response_url: str | None, text: str) -> None:
+        sink = REPLY_SINK.get()
         if response_url:
             self.slack.respond(response_url, text)
+        elif sink is not None:
+            sink(text)
         else:
             log.info("no response_url for a reply to the user")
+
+    def _tell_requester(self, req: OpenRequest, text: str) -> None:
+        """Through the request's response_url, else its ``notify`` (Home, shortcuts)."""
+        if req.response_url or req.notify is None:
+            self._tell(req.response_url, text)
+            return
+        try:
+            req.notify(text)
+        except Exception:
+            log.exception("could not tell the requester of room %s", req.room_id or "(new)")
+
+    def room_changed(self, room_id: str) -> None:
+        """Call ``on_change`` with the room's owner and grantees; never raises.
+
+        The room operation already happened: a failure to refresh somebody's
+        App Home must not turn it into an error.
+        """
+        if self.on_change is None:
+            return
+        try:
+            room = self.store.room(room_id)
+            if room is None:
+                return
+            grants = self.store.grants_of(room_id, include_revoked=True)
+            users = list(dict.fromkeys([room.owner_id, *(g.user_id for g in grants)]))
+            self.on_change(room.team_id, users)
+        except Exception:
+            log.exception("on_change hook failed for room %s", room_id)
 
     def _event(self, name: str) -> None:
         if self.on_event:
             self.on_event(name)
+
+    @staticmethod
+    def _hook(fn: Callable[[Room], object] | None, room: Room) -> None:
+        """Run an optional room hook; its failure never fails the room operation."""
+        if fn is None:
+            return
+        try:
+            fn(room)
+        except Exception:
+            log.exception("room hook %s failed for room %s", getattr(fn, "__name__", fn), room.id)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from bot import messages
 from bot.config import Settings
 from bot.durations import format_duration
+from bot.logs import ContextThreadPoolExecutor
 from bot.notify import SlackGateway, UnknownUser
 from bot.rooms import OpenRequest, RoomError, Rooms
 from bot.schedule import Recurrence, next_run, parse_when
@@ -399,6 +400,20 @@ class Schedules:
             return list(s.scalars(q))
 
     # -- cancel ---------------------------------------------------------------------
+    def stop_workspace(self, team_id: str) -> int:
+        """Stop every schedule of a workspace the app was removed from."""
+        with self.store.write() as tx:
+            stopped = tx.execute(
+                update(Schedule)
+                .where(Schedule.team_id == team_id, Schedule.active.is_(True))
+                .values(active=False, cancelled_at=int(self.clock()), next_run_at=None)
+            ).rowcount
+            if stopped:
+                self.store.audit(
+                    tx, "schedules_stopped", actor="slack", team_id=team_id, count=stopped
+                )
+        return stopped
+
     def cancel(self, team_id: str, schedule_id: str | int, user_id: str) -> str:
         """`/meet unschedule`: its creator or a workspace admin. Returns the answer to show."""
         try:
@@ -719,7 +734,7 @@ class Schedules:
 
     def _fire_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(
+            self._pool = ContextThreadPoolExecutor(
                 max_workers=max(1, self.settings.ams_concurrency), thread_name_prefix="fire"
             )
         return self._pool

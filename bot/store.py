@@ -78,6 +78,9 @@ class Room(Base):
     lease_until: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Slack Calls (bot/calls.py): the Call registered for the room, and when it was ended.
+    slack_call_id: Mapped[str | None] = mapped_column(String(32))
+    slack_call_ended_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_rooms_state_expires", "state", "expires_at"),
@@ -142,6 +145,8 @@ class Outbox(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     team_id: Mapped[str] = mapped_column(String(32))
+    # Enterprise Grid: an org-wide install's token is found by the enterprise.
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(32))
     room_id: Mapped[str | None] = mapped_column(String(64), index=True)
     grant_id: Mapped[int | None] = mapped_column(Integer)

@@ -21,6 +21,8 @@ import jwt
 ROOM_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Circle URL-decodes the whole query string before splitting it on & and =.
 _UNSAFE_IN_QUERY = re.compile(r"[&=#?%+\x00-\x1f\x7f]")
+# AMS's stream id alphabet (any length).
+_STREAM_ID_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 
 
 def new_room_id() -> str:
@@ -39,16 +41,28 @@ def mint_join_token(*, room_id: str, user_id: str, exp: int, jti: str, secret: s
 
 
 def circle_link(
-    ams_url: str, app: str, room_id: str, token: str, display_name: str | None = None
+    ams_url: str,
+    app: str,
+    room_id: str,
+    token: str,
+    display_name: str | None = None,
+    *,
+    stream_id: str | None = None,
 ) -> str:
-    """``{AMS_URL}/{app}/{room}?token=...[&streamName=...]``.
+    """``{AMS_URL}/{app}/{room}?token=...[&streamName=...][&streamId=...]``.
 
     The display name is cleaned of the characters Circle's query parsing would
-    split on, then percent-encoded (spaces become ``%20``).
+    split on, then percent-encoded (spaces become ``%20``). ``stream_id`` sets
+    the participant's publish stream id (Slack Calls tell who is live by it);
+    it must be a valid AMS stream id, which is also safe in Circle's query.
     """
     link = f"{ams_url.rstrip('/')}/{app}/{room_id}?token={token}"
     if display_name:
         name = _UNSAFE_IN_QUERY.sub("", display_name).strip()[:64]
         if name:
             link += "&streamName=" + quote(name, safe="")
+    if stream_id is not None:
+        if not _STREAM_ID_RE.fullmatch(stream_id):
+            raise ValueError("stream_id must use only A-Z a-z 0-9 - _ .")
+        link += "&streamId=" + stream_id
     return link

@@ -20,3 +20,10 @@ def register(app: App, services: Services) -> None:
     commands.register(app, services)
     actions.register(app, services)
     views.register(app, services)
+    from handlers import installs
+
+    installs.register(app, services)
+    from handlers import events, shortcuts
+
+    events.register(app, services)
+    shortcuts.register(app, services)

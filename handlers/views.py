@@ -40,6 +40,7 @@ from slack_sdk.models.views import View
 
 from bot.config import Settings
 from bot.durations import format_duration
+from bot.logs import ContextThreadPoolExecutor
 from bot.notify import SlackSendError, UnknownUser, UserInfo
 from bot.schedule import parse_when
 from bot.schedules import MAX_NAME, ScheduleError
@@ -103,7 +104,7 @@ def client_for(settings: Settings) -> WebClient:
 def _pool() -> ThreadPoolExecutor:
     global _lookups
     if _lookups is None:
-        _lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="modal")
+        _lookups = ContextThreadPoolExecutor(max_workers=8, thread_name_prefix="modal")
     return _lookups
 
 

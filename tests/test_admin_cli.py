@@ -275,3 +275,28 @@ def test_commands_need_a_valid_configuration(monkeypatch, env):
     result = cli("rooms")
     assert result.exit_code == 2
     assert "AMS_URL is required" in result.output
+
+
+def test_link_signs_with_the_stored_secret_when_secrets_are_stored(monkeypatch, ops, slack):
+    """With MEETBOT_SECRET_KEY the bot signs with the stored current secret, so must `link`."""
+    from cryptography.fernet import Fernet
+
+    from bot.stream_secret import Vault
+
+    room_id = open_room(ops, slack, "standup")
+    key = Fernet.generate_key().decode()
+    stored = "rotated-stream-secret-0123456789-0123456789"
+    with ops.store.engine.begin() as c:
+        c.execute(
+            sa.text(
+                "INSERT INTO stream_secrets (version, ciphertext, state, created_at, activated_at)"
+                " VALUES (7, :c, 'current', 1, 1)"
+            ),
+            {"c": Vault(key).encrypt(stored)},
+        )
+    monkeypatch.setenv("MEETBOT_SECRET_KEY", key)
+    result = cli("link", room_id, "--user", ALICE)
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().split("token=", 1)[1].split("&", 1)[0]
+    assert jwt.decode(token, stored, algorithms=["HS256"])["sub"] == ALICE
+    assert stored not in result.output

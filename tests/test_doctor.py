@@ -209,7 +209,13 @@ def test_optional_calls_scope_only_warns_while_calls_are_off(good_ams, migrated)
     scopes = [s for s in SCOPES if s != "calls:write"]
     with SlackDouble(bot_token=BOT_TOKEN, scopes=scopes) as slack:
         off = checks_for(env_for(good_ams, slack, migrated))
-        on = checks_for(env_for(good_ams, slack, migrated, MEETBOT_SLACK_CALLS="1"))
+        calls = {
+            "MEETBOT_SLACK_CALLS": "1",
+            "MEETBOT_PUBLIC_URL": "https://meetbot.example.com",
+            "SLACK_CLIENT_ID": "1234.5678",
+            "SLACK_CLIENT_SECRET": "client-secret-0123456789",
+        }
+        on = checks_for(env_for(good_ams, slack, migrated, **calls))
     assert off["slack_scopes"].status is Status.WARN
     assert on["slack_scopes"].status is Status.FAIL
 

@@ -286,6 +286,8 @@ def test_the_ended_page_renders_in_chromium(start_bot, slack, ams, tmp_path):
         colours[px] = colours.get(px, 0) + 1
     assert len(colours) > 20, f"the screenshot looks blank ({len(colours)} colours)"
     assert max(colours.values()) < 0.97 * len(pixels), "one colour fills the screenshot"
+    # The inline style was applied (its CSP hash matched): the page background dominates.
+    assert max(colours, key=colours.__getitem__) == bytes((0xF4, 0xF1, 0xEC))
 
     dom = chromium(tmp_path, "--dump-dom", link)
     assert dom.returncode == 0, dom.stderr[-2000:]

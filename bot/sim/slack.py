@@ -174,6 +174,8 @@ class Call:
     args: dict[str, Any]
     at: float
     status: int = 0
+    #: The workspace whose token made the call (None when unauthenticated).
+    team_id: str | None = None
     error: str | None = None
 
     @property
@@ -503,6 +505,16 @@ class SlackDouble:
             raise ValueError("workspace_cap_per_minute must be positive")
         self.bot_token = bot_token
         self.tokens: set[str] = {bot_token}
+        #: bot token → the workspace it belongs to (several, for OAuth installs).
+        self.workspaces: dict[str, dict[str, Any]] = {
+            bot_token: {"team_id": team_id, "team_name": team_name, "enterprise_id": None}
+        }
+        self.oauth_client: tuple[str, str] | None = None
+        self._oauth_codes: dict[str, dict[str, Any]] = {}
+        #: Sign in with Slack: who "the browser" is signed in as, and issued codes.
+        self.openid_user: str | None = None
+        self.openid_approve = True
+        self._openid_codes: dict[str, dict[str, Any]] = {}
         self.team_id = team_id
         self.team_name = team_name
         self.team_domain = team_domain
@@ -529,6 +541,187 @@ class SlackDouble:
         if seed:
             self.add_channel("C1", "general")
             self.add_user("U1", "alice")
+
+    # -- several workspaces and the OAuth install flow -------------------------
+    def add_workspace(
+        self,
+        team_id: str,
+        *,
+        bot_token: str | None = None,
+        team_name: str | None = None,
+        enterprise_id: str | None = None,
+    ) -> str:
+        """Another workspace the app can be installed in; returns its bot token."""
+        token = bot_token or f"xoxb-{team_id.lower()}-{len(self.workspaces)}"
+        with self._lock:
+            self.workspaces[token] = {
+                "team_id": team_id,
+                "team_name": team_name or f"Team {team_id}",
+                "enterprise_id": enterprise_id,
+            }
+        return token
+
+    def enable_oauth(self, client_id: str, client_secret: str) -> None:
+        """Answer ``oauth.v2.access`` for this app's client credentials."""
+        self.oauth_client = (client_id, client_secret)
+
+    def issue_oauth_code(
+        self, team_id: str, *, installer: str = "U1", is_enterprise_install: bool = False
+    ) -> str:
+        """The ``code`` Slack would append to the redirect after someone approved the install."""
+        token = next(t for t, w in self.workspaces.items() if w["team_id"] == team_id)
+        code = f"code-{team_id}-{len(self._oauth_codes)}"
+        with self._lock:
+            self._oauth_codes[code] = {
+                "token": token,
+                "installer": installer,
+                "is_enterprise_install": is_enterprise_install,
+            }
+        return code
+
+    def _oauth_access(self, args: dict[str, Any], headers: Mapping[str, str]) -> _Reply:
+        client_id, client_secret = args.get("client_id"), args.get("client_secret")
+        auth = headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            import base64
+
+            raw = base64.b64decode(auth[6:].strip()).decode()
+            client_id, _, client_secret = raw.partition(":")
+        if self.oauth_client is None or (client_id, client_secret) != self.oauth_client:
+            return _json_reply(200, {"ok": False, "error": "invalid_client_id"})
+        grant = self._oauth_codes.pop(str(args.get("code") or ""), None)
+        if grant is None:
+            return _json_reply(200, {"ok": False, "error": "invalid_code"})
+        ws = self.workspaces[grant["token"]]
+        enterprise = {"id": ws["enterprise_id"], "name": "Grid"} if ws["enterprise_id"] else None
+        return _json_reply(
+            200,
+            {
+                "ok": True,
+                "app_id": self.app_id,
+                "authed_user": {"id": grant["installer"]},
+                "scope": ",".join(self.scopes),
+                "token_type": "bot",
+                "access_token": grant["token"],
+                "bot_user_id": self.bot_user_id,
+                "team": None
+                if grant["is_enterprise_install"]
+                else {"id": ws["team_id"], "name": ws["team_name"]},
+                "enterprise": enterprise,
+                "is_enterprise_install": grant["is_enterprise_install"],
+            },
+        )
+
+    # -- Sign in with Slack (OpenID Connect) ------------------------------------
+    def sign_in_as(self, user_id: str | None, *, approve: bool = True) -> None:
+        """Who the authorize page stand-in treats as signed in (None: nobody).
+
+        ``approve=False`` plays a person who presses Cancel: the redirect then
+        carries ``error=access_denied``. Client credentials come from
+        ``enable_oauth`` (Sign in with Slack uses the app's own).
+        """
+        self.openid_user = user_id
+        self.openid_approve = approve
+
+    def issue_openid_code(
+        self, user_id: str, *, redirect_uri: str, nonce: str | None = None
+    ) -> str:
+        """The ``code`` Slack appends to ``redirect_uri`` after ``user_id`` signed in."""
+        code = "oidc-" + secrets.token_urlsafe(12)
+        with self._lock:
+            self._openid_codes[code] = {
+                "user": user_id,
+                "redirect_uri": redirect_uri,
+                "nonce": nonce,
+                "issued": self.clock(),
+            }
+        return code
+
+    def _openid_authorize(self, query: str) -> _Reply:
+        """``GET /openid/connect/authorize``: the consent page, decided at once.
+
+        Checks what Slack checks (``response_type=code``, ``openid`` in the
+        scope, this app's ``client_id``, a ``redirect_uri``), then redirects
+        back with a code for ``openid_user`` and the ``state`` untouched.
+        """
+        q = dict(parse_qsl(query, keep_blank_values=True))
+        client = self.oauth_client
+        if (
+            q.get("response_type") != "code"
+            or "openid" not in (q.get("scope") or "").split()
+            or client is None
+            or q.get("client_id") != client[0]
+            or not q.get("redirect_uri")
+        ):
+            return _Reply(400, b"invalid_request", "text/plain")
+        if self.openid_user is None:
+            page = b"<!doctype html><title>Sign in to Slack</title><h1>Sign in to Slack</h1>"
+            return _Reply(200, page, "text/html; charset=utf-8")
+        back: dict[str, str] = {"state": q.get("state", "")}
+        if self.openid_approve:
+            back["code"] = self.issue_openid_code(
+                self.openid_user, redirect_uri=q["redirect_uri"], nonce=q.get("nonce")
+            )
+        else:
+            back["error"] = "access_denied"
+        sep = "&" if "?" in q["redirect_uri"] else "?"
+        location = q["redirect_uri"] + sep + urlencode(back)
+        return _Reply(302, b"", "text/plain", {"Location": location})
+
+    def _openid_token(self, args: dict[str, Any], headers: Mapping[str, str]) -> _Reply:
+        """``openid.connect.token``: client credentials (Basic or form) + a code → id_token.
+
+        Like Slack: a code works once, for 10 minutes, with the same
+        ``redirect_uri``. The id_token is signed HS256 with the client secret
+        (Slack signs RS256; a client that took it from this endpoint over TLS
+        need not check the signature).
+        """
+        import base64
+
+        import jwt
+
+        client_id, client_secret = args.get("client_id"), args.get("client_secret")
+        auth = headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            raw = base64.b64decode(auth[6:].strip()).decode()
+            client_id, _, client_secret = raw.partition(":")
+        if self.oauth_client is None or client_id != self.oauth_client[0]:
+            return _json_reply(200, {"ok": False, "error": "invalid_client_id"})
+        if client_secret != self.oauth_client[1]:
+            return _json_reply(200, {"ok": False, "error": "bad_client_secret"})
+        grant = self._openid_codes.pop(str(args.get("code") or ""), None)
+        if grant is None or self.clock() - grant["issued"] > 600:
+            return _json_reply(200, {"ok": False, "error": "invalid_code"})
+        if args.get("redirect_uri") != grant["redirect_uri"]:
+            return _json_reply(200, {"ok": False, "error": "bad_redirect_uri"})
+        user = self.users.get(grant["user"])
+        if user is None:
+            return _json_reply(200, {"ok": False, "error": "invalid_code"})
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": "https://slack.com",
+            "sub": user["id"],
+            "aud": client_id,
+            "exp": now + 3600,
+            "iat": now,
+            "auth_time": now,
+            "https://slack.com/user_id": user["id"],
+            "https://slack.com/team_id": self.team_id,
+            "https://slack.com/team_name": self.team_name,
+            "name": user["real_name"],
+        }
+        if grant["nonce"] is not None:
+            claims["nonce"] = grant["nonce"]
+        id_token = jwt.encode(claims, str(client_secret), algorithm="HS256")
+        return _json_reply(
+            200,
+            {
+                "ok": True,
+                "access_token": "xoxp-openid-" + secrets.token_hex(8),
+                "token_type": "Bearer",
+                "id_token": id_token,
+            },
+        )
 
     def _init_recorded_state(self) -> None:
         self.calls: list[Call] = []
@@ -818,6 +1011,9 @@ class SlackDouble:
             reply = self._api(url.path[len("/api/") :], req.headers, body, url.query)
         elif url.path.startswith("/response/"):
             reply = self._response_url(url.path[len("/response/") :], body)
+        elif url.path == "/openid/connect/authorize":
+            with self._lock:
+                reply = self._openid_authorize(url.query)
         else:
             reply = _Reply(404, b"not found", "text/plain")
         try:
@@ -854,6 +1050,10 @@ class SlackDouble:
         parse_error: str | None,
         headers: Mapping[str, str],
     ) -> _Reply:
+        if method == "oauth.v2.access":
+            return self._oauth_access(args, headers)
+        if method == "openid.connect.token":
+            return self._openid_token(args, headers)
         if method not in _METHODS:
             return _json_reply(200, {"ok": False, "error": "unknown_method", "req_method": method})
         auth = headers.get("Authorization") or ""
@@ -862,8 +1062,11 @@ class SlackDouble:
             token = args.get("token") or None
         if not token:
             return _json_reply(200, {"ok": False, "error": "not_authed"})
-        if token not in self.tokens:
+        if token not in self.tokens and token not in self.workspaces:
             return _json_reply(200, {"ok": False, "error": "invalid_auth"})
+        self._token = token
+        if self.calls and self.calls[-1].method == method and self.calls[-1].team_id is None:
+            self.calls[-1].team_id = (self.workspaces.get(token) or {}).get("team_id")
         scope_headers = {
             "x-oauth-scopes": ",".join(self.scopes),
             "x-accepted-oauth-scopes": "",
@@ -1190,11 +1393,13 @@ class SlackDouble:
     # -- Web API methods -----------------------------------------------------------
 
     def _m_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        ws = self.workspaces.get(getattr(self, "_token", ""), {})
         return {
             "url": f"https://{self.team_domain}.slack.com/",
-            "team": self.team_name,
+            "team": ws.get("team_name", self.team_name),
             "user": self.bot_name,
-            "team_id": self.team_id,
+            "team_id": ws.get("team_id", self.team_id),
+            "enterprise_id": ws.get("enterprise_id"),
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,

@@ -1,0 +1,130 @@
+"""3. The expiry sweep: 5,000 rooms ending at once, AMS taking 20 ms per call.
+
+The real ``meetbot serve`` runs with ``MEETBOT_SWEEP_INTERVAL=1s`` and
+``MEETBOT_AMS_CONCURRENCY=8``. The rooms (one grant each) are inserted into
+its database, already past their end, in one transaction, after they were
+created on the AMS double; the clock starts at that commit and stops when the
+last room reads ``revoked``. Each revoke is two AMS calls (stop, delete), so
+AMS alone needs ``5,000 x 2 x 20 ms / 8 = 25 s``. Target: <= 1.3 x that, on
+SQLite and on PostgreSQL (a fresh database per run, dropped afterwards), with
+every room stopped and deleted on AMS exactly once, every grant revoked and
+one revoke audit row per room.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bench import seed
+from bench.harness import (
+    Line,
+    Outcome,
+    doubles,
+    log,
+    meetbot,
+    postgres_database,
+    scalar,
+    user_ids,
+    wait_until,
+    workdir,
+)
+from bot.sim.ams import AmsDouble
+from bot.sim.slack import SlackDouble
+from bot.tokens import new_room_id
+
+AMS_LATENCY_S = 0.02
+CONCURRENCY = 8
+TARGET = 1.3
+
+
+@contextmanager
+def database(kind: str) -> Iterator[str]:
+    if kind == "postgresql":
+        with postgres_database() as url:
+            yield url
+    else:
+        with workdir() as wd:
+            yield f"sqlite:///{wd / 'sweep.db'}"
+
+
+def run(quick: bool = False, kinds: tuple[str, ...] = ("sqlite", "postgresql")) -> Outcome:
+    out = Outcome()
+    for kind in kinds:
+        with doubles() as (ams, slack):
+            sweep_once(out, ams, slack, kind, 50 if quick else 5000)
+    return out
+
+
+def sweep_once(out: Outcome, ams: AmsDouble, slack: SlackDouble, kind: str, n: int) -> None:
+    owners = user_ids("SWP", 50)
+    room_ids = [new_room_id() for _ in range(n)]
+    ideal = n * 2 * AMS_LATENCY_S / CONCURRENCY
+    with database(kind) as url, workdir() as wd:
+        bot = meetbot(
+            wd,
+            ams,
+            slack,
+            url,
+            MEETBOT_SWEEP_INTERVAL="1s",
+            MEETBOT_AMS_CONCURRENCY=str(CONCURRENCY),
+        )
+        with bot:
+            seed.rooms_on_ams(ams, room_ids)
+            ams.clear_requests()
+            ams.latency = AMS_LATENCY_S
+            now = int(time.time())
+            rooms = [
+                seed.room_row(rid, owners[i % len(owners)], created=now - 3600, expires=now - 1)
+                for i, rid in enumerate(room_ids)
+            ]
+            grants = [
+                seed.grant_row(r["id"], r["owner_id"], exp=now + 300, created=now - 3600)
+                for r in rooms
+            ]
+            seed.insert(url, rooms, grants)
+            t0 = time.monotonic()
+
+            def revoked() -> bool:
+                return scalar(url, "SELECT count(*) FROM rooms WHERE state = 'revoked'") >= n
+
+            wait_until(revoked, timeout=60 + 6 * ideal, interval=0.1, what=f"{n} rooms revoked")
+            elapsed = time.monotonic() - t0
+            time.sleep(1.5)  # a second revoke of any room would show by now
+            stops = ams.count("POST", r"^/Conference/rest/v2/broadcasts/[^/]+/stop$")
+            deletes = ams.count("DELETE", r"^/Conference/rest/v2/broadcasts/[^/]+$")
+            left = [r for r in room_ids if r in ams.broadcasts]
+            audits = scalar(url, "SELECT count(*) FROM audit WHERE action = 'revoke'")
+            distinct = scalar(
+                url, "SELECT count(DISTINCT room_id) FROM audit WHERE action = 'revoke'"
+            )
+            live_grants = scalar(url, "SELECT count(*) FROM grants WHERE revoked_at IS NULL")
+            ams.latency = 0.0
+        out.check(stops == n, f"{kind}: {stops} AMS stops for {n} rooms")
+        out.check(deletes == n, f"{kind}: {deletes} AMS deletes for {n} rooms")
+        out.check(not left, f"{kind}: {len(left)} rooms still on AMS")
+        out.check(audits == n and distinct == n, f"{kind}: {audits} revoke audits, {distinct} rooms")
+        out.check(live_grants == 0, f"{kind}: {live_grants} grants not revoked")
+        out.check(bot.proc is not None and bot.proc.returncode == 0, f"{kind}: bot stop failed")
+    log(f"sweep {kind}: {n} rooms revoked in {elapsed:.2f} s (AMS-bound ideal {ideal:.2f} s)")
+    out.lines.append(
+        Line(
+            f"sweep {n} rooms {kind}",
+            elapsed,
+            ideal,
+            "s",
+            f"{n}x2x{AMS_LATENCY_S * 1000:.0f}ms/{CONCURRENCY}",
+            TARGET,
+        )
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    result = run(quick="--quick" in sys.argv)
+    for line in result.lines:
+        print(line.render())
+    for f in result.failures:
+        print("FAILED:", f)

@@ -1,0 +1,141 @@
+"""Keeps each person's App Home tab current: gathers their rooms, builds, publishes.
+
+``Rooms.on_change`` calls :meth:`HomeTab.changed` from whatever thread changed
+a room (a worker after an ack, the expiry sweep, the outbox). Publishing there
+would put ``views.publish`` calls, and their rate-limit sleeps, on those
+threads; instead the people concerned are marked dirty and one flush, run on
+the bot's background pool after a short pause, publishes each dirty Home
+once. A burst (a room with 40 invitees opening, a sweep ending ten rooms)
+therefore costs one ``views.publish`` per person, not one per change.
+
+Flushes publish one at a time: a Home rendered earlier can never be published
+after one rendered later, so the last view Slack holds reflects the newest
+state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from bot import home
+from bot.notify import SlackGateway, SlackSendError, acting_for
+from bot.schedules import Schedules, describe
+from bot.store import Store
+
+log = logging.getLogger("meetbot.home")
+
+DEBOUNCE_S = 0.25  # long enough to gather a burst, short enough to feel immediate
+NOTICE_TTL_S = 120  # how long the outcome of a click stays on the person's Home
+
+
+class HomeTab:
+    """Renders and publishes App Home views, coalescing bursts of changes."""
+
+    def __init__(
+        self,
+        store: Store,
+        schedules: Schedules,
+        slack: SlackGateway,
+        submit: Callable[..., Future[Any]],
+        *,
+        max_ttl: int | None = None,
+        debounce: float = DEBOUNCE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.schedules = schedules
+        self.slack = slack
+        self._submit = submit
+        self.max_ttl = max_ttl
+        self.debounce = debounce
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._publishing = threading.Lock()
+        self._dirty: set[tuple[str, str]] = set()
+        self._scheduled = False
+        self._notices: dict[tuple[str, str], tuple[float, str]] = {}
+
+    # -- what callers use ------------------------------------------------------------
+    def changed(self, team_id: str, users: Iterable[str]) -> None:
+        """Mark these people's Homes stale; they are republished shortly, once each.
+
+        Never raises and never blocks on Slack: it is called from inside room
+        operations that must not fail because a Home could not be refreshed.
+        """
+        with self._lock:
+            self._dirty.update((team_id, u) for u in users if u)
+            if self._scheduled or not self._dirty:
+                return
+            self._scheduled = True
+        try:
+            self._submit(self._flush)
+        except RuntimeError:  # the pool is shutting down: the next app_home_opened catches up
+            with self._lock:
+                self._scheduled = False
+
+    def notice(self, team_id: str, user_id: str, text: str) -> None:
+        """Show ``text`` at the top of the person's Home for a while, and republish it.
+
+        Clicks on the Home and the New-room modal have no response_url, so
+        the Home itself is where their outcome is told.
+        """
+        with self._lock:
+            self._notices[(team_id, user_id)] = (self.clock(), text)
+        self.changed(team_id, [user_id])
+
+    def render(self, team_id: str, user_id: str) -> dict[str, Any]:
+        """The person's Home view from the current state of the database."""
+        own = self.store.open_rooms_of(team_id, user_id)
+        invited = [r for r in self.store.rooms_invited(team_id, user_id) if r.owner_id != user_id]
+        mine = [
+            home.ScheduleLine(id=s.id, name=s.name, line=describe(s))
+            for s in self.schedules.list_all(team_id)
+            if s.creator_id == user_id
+        ]
+        return home.home_view(
+            own=own,
+            invited=invited,
+            schedules=mine,
+            notice=self._current_notice(team_id, user_id),
+            max_ttl=self.max_ttl,
+        )
+
+    def publish(self, team_id: str, user_id: str) -> bool:
+        """Render and ``views.publish`` one person's Home now; False if Slack refused."""
+        try:
+            view = self.render(team_id, user_id)
+            with acting_for(team_id):
+                self.slack.publish_home(user_id, view)
+            return True
+        except SlackSendError as e:
+            log.warning("views.publish for %s failed: %s", user_id, e.error)
+        except Exception:
+            log.exception("could not publish the Home of %s", user_id)
+        return False
+
+    # -- internals -------------------------------------------------------------------
+    def _current_notice(self, team_id: str, user_id: str) -> str | None:
+        with self._lock:
+            entry = self._notices.get((team_id, user_id))
+            if entry is None:
+                return None
+            if self.clock() - entry[0] > NOTICE_TTL_S:
+                del self._notices[(team_id, user_id)]
+                return None
+            return entry[1]
+
+    def _flush(self) -> int:
+        """Publish every Home marked stale; runs on the background pool."""
+        time.sleep(self.debounce)  # let the rest of a burst arrive
+        with self._publishing:
+            with self._lock:
+                batch, self._dirty = self._dirty, set()
+                self._scheduled = False
+            for team_id, user_id in sorted(batch):
+                self.publish(team_id, user_id)
+        return len(batch)

@@ -1,0 +1,111 @@
+"""Which bot token speaks for which workspace.
+
+Single-workspace mode has one ``SLACK_BOT_TOKEN``. Multi-workspace mode
+(``SLACK_CLIENT_ID`` + ``SLACK_CLIENT_SECRET``) keeps each installation in the
+bot's own database through slack_sdk's SQLAlchemy installation store, looks up
+the token of the workspace (or Enterprise Grid organisation) a piece of work
+belongs to, and refreshes rotating tokens before they expire, because the
+outbox and the scheduler call Slack outside any incoming request (where Bolt
+would otherwise do the refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.oauth.installation_store import Bot
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
+from slack_sdk.oauth.token_rotation import TokenRotator
+from sqlalchemy.engine import Engine
+
+from bot.config import Settings
+
+log = logging.getLogger("meetbot.workspaces")
+
+#: The bot scopes an OAuth install asks for; tests keep this equal to manifest.yml.
+BOT_SCOPES = ("commands", "chat:write", "im:write", "im:history", "users:read", "calls:write")
+STATE_EXPIRATION_S = 600
+ROTATE_BEFORE_MIN = 120
+
+
+class Workspaces:
+    """Bot tokens by workspace, from the environment or from installations."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.oauth = settings.oauth_enabled
+        self.installation_store: SQLAlchemyInstallationStore | None = None
+        self.state_store: SQLAlchemyOAuthStateStore | None = None
+        self._rotator: TokenRotator | None = None
+        self._lock = threading.Lock()
+        if self.oauth:
+            assert settings.slack_client_id and settings.slack_client_secret
+            # slack_sdk's stores read then write in one transaction: on SQLite
+            # that must start IMMEDIATE, or a concurrent writer makes it fail
+            # at once with "database is locked" (see bot/store.py).
+            engine = engine.execution_options(meetbot_write=True)
+            self.installation_store = SQLAlchemyInstallationStore(
+                client_id=settings.slack_client_id, engine=engine, logger=log
+            )
+            self.state_store = SQLAlchemyOAuthStateStore(
+                expiration_seconds=STATE_EXPIRATION_S, engine=engine, logger=log
+            )
+            self._rotator = TokenRotator(
+                client_id=settings.slack_client_id,
+                client_secret=settings.slack_client_secret,
+                client=WebClient(base_url=settings.slack_api_url, timeout=10),
+            )
+
+    def token_for(self, team_id: str | None, enterprise_id: str | None = None) -> str | None:
+        """The bot token of a workspace; None when the app is not installed there."""
+        if not self.oauth:
+            return self.settings.slack_bot_token
+        bot = self._find_bot(team_id, enterprise_id)
+        if bot is None:
+            return None
+        return self._fresh(bot).bot_token
+
+    def _find_bot(self, team_id: str | None, enterprise_id: str | None) -> Bot | None:
+        assert self.installation_store is not None
+        bot = self.installation_store.find_bot(
+            enterprise_id=enterprise_id, team_id=team_id, is_enterprise_install=False
+        )
+        if bot is None and enterprise_id:
+            # An org-wide install on Enterprise Grid serves every workspace of the org.
+            bot = self.installation_store.find_bot(
+                enterprise_id=enterprise_id, team_id=None, is_enterprise_install=True
+            )
+        return bot
+
+    def _fresh(self, bot: Bot) -> Bot:
+        if self._rotator is None or not bot.bot_refresh_token:
+            return bot
+        with self._lock:
+            try:
+                rotated = self._rotator.perform_bot_token_rotation(
+                    bot=bot, minutes_before_expiration=ROTATE_BEFORE_MIN
+                )
+            except Exception as e:  # an old token may still work for a while
+                log.warning("bot token refresh failed for %s: %s", bot.team_id, type(e).__name__)
+                return bot
+            if rotated is not None:
+                assert self.installation_store is not None
+                self.installation_store.save_bot(rotated)
+                return rotated
+        return bot
+
+    def forget(self, team_id: str | None, enterprise_id: str | None) -> None:
+        """The app was uninstalled or its tokens revoked: drop what we kept."""
+        if self.installation_store is not None:
+            self.installation_store.delete_all(enterprise_id=enterprise_id, team_id=team_id)
+
+    def oauth_kwargs(self) -> dict[str, Any]:
+        """What Bolt's OAuthSettings needs from here."""
+        return {
+            "installation_store": self.installation_store,
+            "state_store": self.state_store,
+        }

@@ -1,0 +1,111 @@
+"""Multi-workspace installs: OAuth into our own database, and workspaces kept apart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import requests
+import yaml
+
+from bot.sim.slack import SlackSender
+from bot.workspaces import BOT_SCOPES
+from tests.conftest import ALICE, BOB, SIGNING_SECRET, wait_for
+from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
+
+CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret-abc"
+T1, T2 = "T0001", "T0002"
+ERIN = "UERIN002"  # a member of the second workspace
+
+
+def install(bot, slack, team_id):
+    """Walk Bolt's install flow as a browser and Slack would."""
+    page = requests.get(bot.url + "/slack/install", timeout=5)
+    assert page.status_code == 200
+    state = re.search(r"state=([\w-]+)", page.text).group(1)
+    # Bolt's state cookie is `Secure`; a browser on https sends it back, and
+    # so do we here by hand on loopback http.
+    cookie = page.headers["Set-Cookie"].split(";", 1)[0]
+    code = slack.issue_oauth_code(team_id)
+    return requests.get(
+        bot.url + "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"Cookie": cookie},
+        timeout=10,
+    )
+
+
+def oauth_bot(start_bot, slack):
+    slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
+    slack.add_workspace(T2)
+    slack.add_user(ERIN, "erin")
+    return start_bot(
+        SLACK_BOT_TOKEN="", SLACK_CLIENT_ID=CLIENT_ID, SLACK_CLIENT_SECRET=CLIENT_SECRET
+    )
+
+
+def test_install_two_workspaces_and_keep_them_apart(start_bot, slack, ams):
+    bot = oauth_bot(start_bot, slack)
+    url = bot.env["DATABASE_URL"]
+    for team in (T1, T2):
+        done = install(bot, slack, team)
+        assert done.status_code == 200, done.text
+    installed = {r["team_id"] for r in db_rows(url, "slack_installations")}
+    assert installed == {T1, T2}
+
+    one = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T1, double=slack)
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = one.command(f"plans <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    (room,) = db_rows(url, "rooms")
+    assert room["team_id"] == T1
+    # Each workspace's messages go out with that workspace's own token.
+    assert {c.team_id for c in slack.calls_to("chat.postMessage")} == {T1}
+
+    # The other workspace can neither see, nor end, nor get a link to it.
+    assert "no open rooms" in two.command("list", user_id=ERIN).text
+    r = two.command(f"end {room['id']}", user_id=ERIN)
+    assert "don't know a room" in slack.wait_for_responses(r.response_key)[0]["text"]
+    two.block_action("meet_get_link", room["id"], user_id=ERIN, channel_id="C1")
+    wait_for(lambda: slack.calls_to("chat.postMessage") and True)
+    assert not dm_links(slack, ERIN)
+    assert db_rows(url, "rooms")[0]["state"] == "active"
+
+    r = two.command("retro", user_id=ERIN)
+    wait_for(lambda: dm_links(slack, ERIN))
+    assert {c.team_id for c in slack.calls_to("chat.postMessage")} == {T1, T2}
+    assert "retro" not in one.command("list", user_id=ALICE).text
+
+
+def test_uninstall_ends_that_workspace_only(start_bot, slack, ams):
+    bot = oauth_bot(start_bot, slack)
+    url = bot.env["DATABASE_URL"]
+    for team in (T1, T2):
+        install(bot, slack, team)
+    one = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T1, double=slack)
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    one.command(f"plans <@{BOB}>", user_id=ALICE)
+    two.command("retro", user_id=ERIN)
+    wait_for(lambda: len([r for r in db_rows(url, "rooms") if r["state"] == "active"]) == 2)
+
+    r = two.event({"type": "app_uninstalled"})
+    assert r.status_code == 200
+    wait_for(lambda: {r["team_id"]: r["state"] for r in db_rows(url, "rooms")}[T2] == "revoked")
+    assert {r["team_id"]: r["state"] for r in db_rows(url, "rooms")}[T1] == "active"
+    assert len(rooms_on_ams(ams)) == 1
+    wait_for(lambda: {r["team_id"] for r in db_rows(url, "slack_installations")} == {T1})
+
+
+def test_install_with_a_forged_state_is_refused(start_bot, slack):
+    bot = oauth_bot(start_bot, slack)
+    code = slack.issue_oauth_code(T1)
+    r = requests.get(
+        bot.url + "/slack/oauth_redirect", params={"code": code, "state": "forged"}, timeout=5
+    )
+    assert r.status_code >= 400
+    assert db_rows(bot.env["DATABASE_URL"], "slack_installations") == []
+
+
+def test_oauth_scopes_match_the_manifest():
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "manifest.yml").read_text())
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == set(BOT_SCOPES)
