@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -22,6 +23,8 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
+from slack_bolt.request import BoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 
 from bot import reconcile as ams_reconcile
@@ -239,13 +242,32 @@ class Services:
         if self.calls is not None:
             self.calls.close()
         self.outbox.stop()
+        self.rooms.close()
         self.store.release_rooms(self.owner)
+        self.ams.close()
         self.store.dispose()
 
 
 def load_listeners() -> list[Listener]:
     """The ``register(app, services)`` functions that installed packages offer."""
     return [ep.load() for ep in entry_points(group="meetbot.listeners")]
+
+
+class CorrelatedApp(App):
+    """Bolt's App, running each request under one correlation id (Socket Mode too).
+
+    Not a middleware: Bolt's ``next()`` only flags "go on"; listeners run after
+    every middleware has returned, outside any ``with`` one opened. Both the
+    WSGI and the Socket Mode adapters call ``dispatch``, and with
+    ``process_before_response=True`` the listeners run inside it.
+    """
+
+    def dispatch(self, req: BoltRequest) -> BoltResponse:
+        if correlation_id.get():  # HTTP mode: wsgi_app gave the whole request one
+            return super().dispatch(req)
+        event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
+        with with_correlation(event_id if isinstance(event_id, str) else None):
+            return super().dispatch(req)
 
 
 def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = None) -> App:
@@ -268,30 +290,32 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         )
         oauth["installation_store"] = services.workspaces.installation_store
         oauth["installation_store_bot_only"] = True
-    app = App(
-        signing_secret=s.slack_signing_secret or "unused-in-socket-mode",
-        client=client,
-        # Answer Slack as soon as the listener returns: listeners only ack and
-        # hand over, so there is nothing to wait for and no 10 ms ack polling.
-        process_before_response=True,
-        token_verification_enabled=False,
-        request_verification_enabled=s.http_mode,
-        **oauth,
-    )
+    # Bolt turns its own OAuth (file-based stores, token ignored) on whenever
+    # SLACK_CLIENT_ID/SECRET are in the environment. Beside a bot token they are
+    # for Sign in with Slack (bot/calls.py), not installs: hide them from Bolt.
+    hidden = {
+        k: os.environ.pop(k)
+        for k in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
+        if not s.oauth_enabled and k in os.environ
+    }
+    try:
+        app = CorrelatedApp(
+            signing_secret=s.slack_signing_secret or "unused-in-socket-mode",
+            client=client,
+            # Answer Slack as soon as the listener returns: listeners only ack and
+            # hand over, so there is nothing to wait for and no 10 ms ack polling.
+            process_before_response=True,
+            token_verification_enabled=False,
+            request_verification_enabled=s.http_mode,
+            **oauth,
+        )
+    finally:
+        os.environ.update(hidden)
 
     @app.middleware
     def workspace(context: Any, next_: Callable[[], Any]) -> Any:
         """Slack calls made for this request, and work handed on from it, use its workspace."""
         with acting_for(context.team_id, context.enterprise_id):
-            return next_()
-
-    @app.middleware
-    def correlate(body: dict[str, Any], next_: Callable[[], Any]) -> Any:
-        """One correlation id per Slack request; HTTP mode already set one in wsgi_app."""
-        if correlation_id.get():
-            return next_()
-        event_id = body.get("event_id") if isinstance(body, dict) else None
-        with with_correlation(event_id if isinstance(event_id, str) else None):
             return next_()
 
     for register in listeners if listeners is not None else load_listeners():
@@ -366,14 +390,14 @@ def _payload_problem(body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return "body"
-    for key in ("type", "command", "text", "user_id", "team_id", "channel_id", "callback_id"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            return key
-    for key in ("trigger_id", "response_url", "action_id"):
+    for key in _SLACK_STRINGS:
         if body.get(key) is not None and not isinstance(body[key], str):
             return key
     for key in ("user", "team", "enterprise", "channel", "view", "event", "container", "message"):
         if body.get(key) is not None and not isinstance(body[key], dict):
+            return key
+    for key in ("view", "event"):  # null is fine elsewhere (an org install's team), not here
+        if key in body and body[key] is None:
             return key
     auths = body.get("authorizations")
     if auths is not None and not (
@@ -399,12 +423,37 @@ def _payload_problem(body: Any) -> str | None:
         if values is not None and not (
             isinstance(values, dict)
             and all(
-                isinstance(block, dict) and all(isinstance(el, dict) for el in block.values())
+                isinstance(block, dict) and all(_element_ok(el) for el in block.values())
                 for block in values.values()
             )
         ):
             return "state"
     return None
+
+
+_SLACK_STRINGS = (
+    *("type", "command", "text", "user_id", "team_id", "channel_id", "callback_id"),
+    *("trigger_id", "response_url", "action_id"),
+)
+_SLACK_LISTS = {
+    "selected_options": dict,
+    "selected_users": str,
+    "selected_conversations": str,
+    "selected_channels": str,
+}
+
+
+def _element_ok(el: Any) -> bool:
+    """One input's state in ``state.values`` has Slack's containers (scalars are not checked)."""
+    if not isinstance(el, dict):
+        return False
+    if el.get("selected_option") is not None and not isinstance(el["selected_option"], dict):
+        return False
+    return all(
+        el.get(key) is None
+        or (isinstance(el[key], list) and all(isinstance(item, kind) for item in el[key]))
+        for key, kind in _SLACK_LISTS.items()
+    )
 
 
 def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tuple[str, str] | None:

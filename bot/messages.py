@@ -66,12 +66,12 @@ def room_card(
     """
     title = escape(topic_or_default(topic))
     if ended:
-        text = f"The room “{topic_or_default(topic)}” has ended."
+        text = f"The room “{title}” has ended."
         return text, _blocks(
             SectionBlock(text=MarkdownTextObject(text=f":white_circle: *{title}* has ended.")),
             ContextBlock(elements=[MarkdownTextObject(text=f"Opened by <@{owner_id}>")]),
         )
-    text = f"<@{owner_id}> opened a room: {topic_or_default(topic)}"
+    text = f"<@{owner_id}> opened a room: {title}"
     return text, _blocks(
         SectionBlock(
             text=MarkdownTextObject(
@@ -108,7 +108,7 @@ def invite_dm(
     """The DM with a personal link, as a button so the long URL stays out of sight."""
     title = escape(topic_or_default(topic))
     who = "Your room" if is_owner else f"<@{owner_id}> invited you to"
-    text = f"Your personal link to {topic_or_default(topic)} is ready."
+    text = f"Your personal link to {title} is ready."
     buttons = [
         ButtonElement(text="Join the room", action_id=ACTION_JOIN, url=link, style="primary"),
     ]
@@ -131,7 +131,7 @@ def ended_dm(*, room_id: str, topic: str, reason: str | None = None) -> tuple[st
     """What a DM turns into once its link no longer works."""
     title = escape(topic_or_default(topic))
     why = f" ({escape(reason)})" if reason else ""
-    text = f"{topic_or_default(topic)} has ended; its link no longer works."
+    text = f"{title} has ended; its link no longer works."
     return text, _blocks(
         SectionBlock(
             text=MarkdownTextObject(
@@ -149,7 +149,7 @@ def kicked_dm(*, room_id: str, topic: str, owner_id: str) -> tuple[str, Blocks]:
     so the person knows it was deliberate, not a fault.
     """
     title = escape(topic_or_default(topic))
-    text = f"You were removed from {topic_or_default(topic)}; your link no longer works."
+    text = f"You were removed from {title}; your link no longer works."
     return text, _blocks(
         SectionBlock(
             text=MarkdownTextObject(
@@ -171,7 +171,7 @@ def room_list(rooms: Sequence[Any]) -> str:
             f"• *{escape(topic_or_default(r.topic))}* `{r.id}` until {when(r.expires_at)}"
             f" in <#{r.channel_id}>"
         )
-    lines.append("End one with `/meet end <room-id>`.")
+    lines.append("End one with `/meet end &lt;room-id&gt;`.")
     return "\n".join(lines)
 
 

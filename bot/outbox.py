@@ -11,6 +11,7 @@ next sends the row. Retries happen here, never in the HTTP client, because
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.logs import ContextThreadPoolExecutor
+from bot.logs import ContextThreadPoolExecutor, with_correlation
 from bot.notify import SlackGateway, SlackSendError, acting_for
 from bot.store import Outbox, OutboxState, Store, now
 
@@ -152,7 +153,11 @@ class OutboxWorker:
 
     # -- one row ---------------------------------------------------------
     def send(self, row: Outbox) -> None:
-        with acting_for(row.team_id, row.enterprise_id):
+        try:
+            cid = json.loads(row.payload or "{}").get("cid")
+        except ValueError:
+            cid = None
+        with acting_for(row.team_id, row.enterprise_id), with_correlation(cid):
             self._send(row)
 
     def _send(self, row: Outbox) -> None:

@@ -23,9 +23,10 @@ from sqlalchemy.exc import IntegrityError
 
 from bot import joinlinks, messages
 from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
+from bot.calls import participant_stream_id
 from bot.config import Settings
 from bot.durations import format_duration
-from bot.logs import ContextThreadPoolExecutor
+from bot.logs import ContextThreadPoolExecutor, correlation_id
 from bot.notify import SlackGateway, UnknownUser, UserInfo, acting_for
 from bot.outbox import OutboxWorker, Rendered
 from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
@@ -151,6 +152,12 @@ class Rooms:
     def now(self) -> int:
         return int(self.clock())
 
+    def close(self) -> None:
+        """Let in-flight lookups and revokes finish; free their threads."""
+        self._lookup_pool.shutdown(wait=True)
+        if self._ams_executor is not None:
+            self._ams_executor.shutdown(wait=True)
+
     # -- people ---------------------------------------------------------
     def resolve_people(self, requester: str, invitees: Sequence[str]) -> list[UserInfo]:
         """users.info for everyone, refusing bots, unknown and deactivated users."""
@@ -230,7 +237,7 @@ class Rooms:
                     if open_count >= s.max_open_rooms_per_user:
                         raise RoomError(
                             f"You already have {open_count} open rooms, the most one person may "
-                            "have. End one with `/meet end <room-id>` (see `/meet list`)."
+                            "have. End one with `/meet end &lt;room-id&gt;` (see `/meet list`)."
                         )
                 if prior is not None:  # an earlier try died before AMS's answer was kept
                     for key, value in fields.items():
@@ -395,7 +402,10 @@ class Rooms:
         return room
 
     def _outbox(self, room: Room, kind: str, channel: str, **kw: Any) -> Outbox:
-        payload = kw.pop("payload", {})
+        payload = dict(kw.pop("payload", {}))
+        cid = correlation_id.get()
+        if cid:
+            payload["cid"] = cid  # the send is logged under the request that owed it
         return Outbox(
             team_id=room.team_id,
             enterprise_id=room.enterprise_id,
@@ -863,8 +873,6 @@ class Rooms:
         )
         stream_id = None
         if self.settings.slack_calls and room.slack_call_id:
-            from bot.calls import participant_stream_id  # bot.calls imports this module
-
             stream_id = participant_stream_id(self.settings, room.id, grant.user_id)
         return circle_link(
             self.settings.ams_url,

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot.logs import with_correlation
+
 log = logging.getLogger("meetbot.scheduler")
 
 
@@ -46,7 +48,8 @@ class Scheduler:
     def tick(self) -> None:
         for name, task in self.tasks.items():
             try:
-                result = task()
+                with with_correlation():  # one id per unit of work, as for requests
+                    result = task()
                 if result:
                     log.info("sweep %s: %s", name, result)
             except Exception:  # one failing task must not starve the others

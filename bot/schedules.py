@@ -318,7 +318,7 @@ class Schedules:
             if count >= MAX_SCHEDULES_PER_CHANNEL:
                 raise ScheduleError(
                     f"This channel already has {count} team rooms, the most it may have. "
-                    "Stop one with `/meet unschedule <id>` (see `/meet schedules`)."
+                    "Stop one with `/meet unschedule &lt;id&gt;` (see `/meet schedules`)."
                 )
             row = Schedule(
                 team_id=team_id,
@@ -387,7 +387,7 @@ class Schedules:
             )
         lines = ["*Team rooms in this channel:*"]
         lines += [f"• {describe(s)}" for s in rows]
-        lines.append("Stop one with `/meet unschedule <id>`.")
+        lines.append("Stop one with `/meet unschedule &lt;id&gt;`.")
         return "\n".join(lines)
 
     def occurrences(self, schedule_id: int) -> list[Occurrence]:

@@ -155,15 +155,15 @@ class UsageError(ValueError):
 # --- help ----------------------------------------------------------------------------
 
 USAGE: dict[str, str] = {
-    "open": "`/meet [topic] [@person ...] [for <duration>]`",
+    "open": "`/meet [topic] [@person ...] [for &lt;duration&gt;]`",
     "help": "`/meet help`",
     "list": "`/meet list`",
-    "end": "`/meet end <room-id>`",
-    "extend": "`/meet extend <room-id> for <duration>`",
-    "kick": "`/meet kick <room-id> @person`",
-    "schedule": "`/meet schedule <name> <when> [for <duration>] [@person ...]`",
+    "end": "`/meet end &lt;room-id&gt;`",
+    "extend": "`/meet extend &lt;room-id&gt; for &lt;duration&gt;`",
+    "kick": "`/meet kick &lt;room-id&gt; @person`",
+    "schedule": "`/meet schedule &lt;name&gt; &lt;when&gt; [for &lt;duration&gt;] [@person ...]`",
     "schedules": "`/meet schedules`",
-    "unschedule": "`/meet unschedule <schedule-id>`",
+    "unschedule": "`/meet unschedule &lt;schedule-id&gt;`",
 }
 SUBCOMMANDS = frozenset(USAGE) - {"open"}
 
@@ -177,8 +177,8 @@ HELP_TEXT = f"""\
 {USAGE["extend"]} — give a room more time (its owner)
 {USAGE["kick"]} — take one person's links away (its owner)
 {USAGE["schedule"]} — a team room in this channel
-  `<name>`: one word or "a quoted name"
-  `<when>`: `at 14:30` (next time it is 14:30) · `at 2026-12-01 10:00` (once) ·
+  `&lt;name&gt;`: one word or "a quoted name"
+  `&lt;when&gt;`: `at 14:30` (next time it is 14:30) · `at 2026-12-01 10:00` (once) ·
   `every day|weekday|mon,wed,fri at 09:30` · `cron "30 9 * * 1-5"`
   Times are in your Slack time zone. `/meet schedule` alone opens a form.
 {USAGE["schedules"]} — this channel's team rooms

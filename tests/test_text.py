@@ -233,8 +233,13 @@ def test_duration_limit_follows_max_ttl() -> None:
 def test_help_lists_every_form() -> None:
     for usage in USAGE.values():
         assert usage in HELP_TEXT
-    for word in ("at 14:30", "every", "cron", "for <duration>", "quote"):
+    for word in ("at 14:30", "every", "cron", "for &lt;duration&gt;", "quote"):
         assert word in HELP_TEXT
+    # Slack reads a bare <...> as a link or mention: placeholders must be escaped.
+    import re
+
+    for text in (HELP_TEXT, *USAGE.values()):
+        assert not re.search(r"<[a-z][a-z-]*>", text), text
     assert SUBCOMMANDS == {
         "help",
         "list",
