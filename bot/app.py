@@ -60,8 +60,16 @@ UNEXPECTED_FAILURE = (
 )
 
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT to leave the server loop."""
+class SocketModeError(Exception):
+    """Socket Mode could not be established at start."""
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM/SIGINT to leave the server loop.
+
+    A KeyboardInterrupt, because waitress's loop swallows ordinary exceptions
+    raised while it closes a connection but re-raises this one.
+    """
 
 
 Listener = Callable[[App, "Services"], None]
@@ -576,6 +584,24 @@ def serve(
     services.store.migrate()
     services.prepare_secret()
     bolt_app = build_bolt_app(services)
+    socket_handler = None
+    if not settings.http_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        socket_handler = SocketModeHandler(
+            bolt_app,
+            settings.slack_app_token,
+            web_client=WebClient(base_url=settings.slack_api_url, timeout=10),
+        )
+        try:
+            socket_handler.connect()
+        except Exception as e:
+            services.stop()
+            raise SocketModeError(
+                f"Socket Mode could not connect to Slack ({type(e).__name__}: {e}); "
+                "check SLACK_APP_TOKEN (an xapp- token with connections:write)"
+            ) from None
+        log.info("Socket Mode connected; health checks on port %s", settings.port)
     services.start()
     server = waitress.create_server(
         wsgi_app(services, bolt_app if settings.http_mode else None),
@@ -585,14 +611,7 @@ def serve(
         max_request_body_size=MAX_BODY_BYTES,
         ident="meetbot",
     )
-    socket_handler = None
-    if not settings.http_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        socket_handler = SocketModeHandler(bolt_app, settings.slack_app_token)
-        socket_handler.connect()
-        log.info("Socket Mode connected; health checks on port %s", settings.port)
-    else:
+    if settings.http_mode:
         log.info("listening on %s:%s (HTTP mode, /slack/events)", host, settings.port)
 
     def shutdown(signum: int, _frame: Any) -> None:

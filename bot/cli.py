@@ -32,6 +32,7 @@ def serve(host: str) -> None:
     """Run the bot (HTTP mode on PORT, or Socket Mode with SLACK_APP_TOKEN)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    from bot.app import SocketModeError
     from bot.app import serve as run
     from bot.stream_secret import StreamSecretError
 
@@ -42,6 +43,9 @@ def serve(host: str) -> None:
         # problem, reported like one.
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(2)
+    except SocketModeError as e:
+        click.echo(f"meetbot: {e}", err=True)
+        sys.exit(1)
 
 
 @main.group(invoke_without_command=True)

@@ -213,15 +213,7 @@ def kick(
                 had_link = True
                 grant.revoked_at = t
                 if grant.dm_ts:
-                    tx.add(
-                        rooms._outbox(
-                            room,
-                            "dm_update",
-                            grant.dm_channel or grant.user_id,
-                            grant_id=grant.id,
-                            payload={"mode": "kicked"},
-                        )
-                    )
+                    tx.add(rooms._dm_edit(room, grant, "kicked"))
             if refusal is None:
                 rooms.store.audit(
                     tx, "kick", actor=user_id, team_id=team_id, room_id=room_id, user=target_id

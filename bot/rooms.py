@@ -401,6 +401,16 @@ class Rooms:
         self.room_changed(room.id)
         return room
 
+    def _dm_edit(self, room: Room, grant: Grant, mode: str) -> Outbox:
+        """The outbox row that edits ``grant``'s DM in place (``mode``: ended, reissue, kicked)."""
+        return self._outbox(
+            room,
+            "dm_update",
+            grant.dm_channel or grant.user_id,
+            grant_id=grant.id,
+            payload={"mode": mode},
+        )
+
     def _outbox(self, room: Room, kind: str, channel: str, **kw: Any) -> Outbox:
         payload = dict(kw.pop("payload", {}))
         cid = correlation_id.get()
@@ -581,15 +591,7 @@ class Rooms:
                 if g.revoked_at is None:
                     g.revoked_at = t
                 if g.dm_ts:
-                    tx.add(
-                        self._outbox(
-                            room,
-                            "dm_update",
-                            g.dm_channel or g.user_id,
-                            grant_id=g.id,
-                            payload={"mode": "ended"},
-                        )
-                    )
+                    tx.add(self._dm_edit(room, g, "ended"))
             if room.channel_ts:
                 tx.add(self._outbox(room, "card_update", room.channel_id))
             self.store.audit(
@@ -746,15 +748,7 @@ class Rooms:
         for g in grants:
             g.exp = new_end + self.settings.token_grace
             if g.dm_ts:
-                tx.add(
-                    self._outbox(
-                        room,
-                        "dm_update",
-                        g.dm_channel or g.user_id,
-                        grant_id=g.id,
-                        payload={"mode": "reissue"},
-                    )
-                )
+                tx.add(self._dm_edit(room, g, "reissue"))
         if room.channel_ts:
             tx.add(self._outbox(room, "card_update", room.channel_id))
         self.store.audit(
@@ -792,15 +786,7 @@ class Rooms:
                 for g, room in rows:
                     g.secret_version = version
                     if g.dm_ts:
-                        tx.add(
-                            self._outbox(
-                                room,
-                                "dm_update",
-                                g.dm_channel or g.user_id,
-                                grant_id=g.id,
-                                payload={"mode": "reissue"},
-                            )
-                        )
+                        tx.add(self._dm_edit(room, g, "reissue"))
                         count += 1
                 self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
         except IntegrityError:

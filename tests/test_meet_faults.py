@@ -425,3 +425,22 @@ def test_reconciliation_ends_rooms_that_vanished_from_ams(start_bot, slack, ams)
     wait_for(lambda: only_room(url)["state"] == "revoked", timeout=10)
     assert "disappeared" in only_room(url)["end_reason"]
     wait_for(lambda: "has ended" in str(slack.dms_to(BOB)))
+
+
+def test_socket_mode_is_used_with_an_app_token(ams, slack, tmp_path):
+    """With SLACK_APP_TOKEN, serve opens a Socket Mode connection instead of listening for
+    Slack's HTTP requests; here Slack refuses it, and serve says so and exits 1."""
+    env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db", SLACK_APP_TOKEN="xapp-1-test")
+    del env["SLACK_SIGNING_SECRET"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Socket Mode could not connect" in proc.stderr
+    assert slack.calls_to("apps.connections.open")
+    assert "xapp-1-test" not in proc.stderr
