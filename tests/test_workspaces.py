@@ -109,3 +109,41 @@ def test_install_with_a_forged_state_is_refused(start_bot, slack):
 def test_oauth_scopes_match_the_manifest():
     manifest = yaml.safe_load((Path(__file__).parents[1] / "manifest.yml").read_text())
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == set(BOT_SCOPES)
+
+
+def test_enterprise_grid_org_install_is_keyed_by_the_enterprise(start_bot, slack, ams):
+    slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
+    slack.add_workspace("T0003", enterprise_id="E0001")
+    bot = start_bot(
+        SLACK_BOT_TOKEN="", SLACK_CLIENT_ID=CLIENT_ID, SLACK_CLIENT_SECRET=CLIENT_SECRET
+    )
+    url = bot.env["DATABASE_URL"]
+    page = requests.get(bot.url + "/slack/install", timeout=5)
+    state = re.search(r"state=([\w-]+)", page.text).group(1)
+    code = slack.issue_oauth_code("T0003", is_enterprise_install=True)
+    done = requests.get(
+        bot.url + "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"Cookie": page.headers["Set-Cookie"].split(";", 1)[0]},
+        timeout=10,
+    )
+    assert done.status_code == 200, done.text
+    (inst,) = db_rows(url, "slack_installations")
+    assert inst["enterprise_id"] == "E0001" and inst["team_id"] is None
+    assert inst["is_enterprise_install"]
+
+    # A workspace of the org, never installed on its own, is served by the org install.
+    grid = SlackSender(
+        bot.url + "/slack/events",
+        SIGNING_SECRET,
+        team_id="T0003",
+        double=slack,
+        enterprise_id="E0001",
+        enterprise_install=True,
+    )
+    r = grid.command(f"grid sync <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: dm_links(slack, BOB))
+    (room,) = db_rows(url, "rooms")
+    assert (room["team_id"], room["enterprise_id"]) == ("T0003", "E0001")
+    assert {c.team_id for c in slack.calls_to("chat.postMessage")} == {"T0003"}
+    assert r.status_code == 200

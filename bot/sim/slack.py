@@ -1700,8 +1700,14 @@ class SlackSender:
         api_app_id: str = "A0001",
         verification_token: str = "verification-token",  # noqa: S107 - fixture
         timeout: float = 10.0,
+        enterprise_id: str | None = None,
+        enterprise_install: bool = False,
     ) -> None:
         self.bot_url = bot_url
+        # Enterprise Grid: commands carry the org, and say whether the app was
+        # installed org-wide.
+        self.enterprise_id = enterprise_id
+        self.enterprise_install = enterprise_install
         # Default to the double's workspace so payloads and API state agree.
         self.team_id = team_id or (double.team_id if double else "T0001")
         self.team_domain = team_domain or (double.team_domain if double else "meetbot-test")
@@ -1873,7 +1879,8 @@ class SlackSender:
             ("command", command),
             ("text", text),
             ("api_app_id", self.api_app_id),
-            ("is_enterprise_install", "false"),
+            *([("enterprise_id", self.enterprise_id)] if self.enterprise_id else []),
+            ("is_enterprise_install", "true" if self.enterprise_install else "false"),
             ("response_url", response_url),
             ("trigger_id", trigger_id),
         ]
