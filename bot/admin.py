@@ -573,6 +573,7 @@ def support_link(
                     grant = Grant(
                         room_id=room_id,
                         team_id=room.team_id,
+                        enterprise_id=room.enterprise_id,
                         user_id=user_id,
                         display_name=display_name[:120] if display_name else None,
                         jti=new_jti(),

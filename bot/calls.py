@@ -684,6 +684,7 @@ class SlackCalls:
                 grant = Grant(
                     room_id=room.id,
                     team_id=room.team_id,
+                    enterprise_id=room.enterprise_id,
                     user_id=user_id,
                     display_name=(info.display_name or info.name)[:120],
                     jti=new_jti(),

@@ -201,6 +201,7 @@ def kick(
                     Grant(
                         room_id=room_id,
                         team_id=team_id,
+                        enterprise_id=room.enterprise_id,
                         user_id=target_id,
                         jti=new_jti(),
                         exp=room.expires_at + rooms.settings.token_grace,

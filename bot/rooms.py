@@ -374,6 +374,7 @@ class Rooms:
                 grant = Grant(
                     room_id=row.id,
                     team_id=row.team_id,
+                    enterprise_id=row.enterprise_id,
                     user_id=person.id,
                     display_name=(person.display_name or person.name)[:120],
                     jti=new_jti(),
@@ -473,6 +474,7 @@ class Rooms:
             info = None
         t = self.now()
         version, _ = self.secrets.current()
+        refusal = None
         with self.store.write() as tx:
             q = (
                 select(Grant)
@@ -480,32 +482,46 @@ class Rooms:
                 .with_for_update()
             )
             grant = tx.scalars(q).first()
-            if grant is None:
-                if info is not None and info.is_guest and not self.settings.allow_guests:
-                    raise_msg = "Guests can only join rooms they were invited to."
-                    self._tell(response_url, raise_msg)
-                    return False
-                grant = Grant(
-                    room_id=room_id,
-                    team_id=team_id,
-                    user_id=user_id,
-                    display_name=(info.display_name if info else None),
-                    jti=new_jti(),
-                    exp=room.expires_at + self.settings.token_grace,
-                    secret_version=version,
-                    created_at=t,
-                )
-                tx.add(grant)
-                tx.flush()
-            elif grant.revoked_at is not None:
-                self._tell(response_url, "The room's owner removed you from this room.")
-                return False
-            elif grant.link_sent_at and t - grant.link_sent_at < LINK_RESEND_WINDOW_S:
-                self._tell(response_url, "Your link is in your DMs with me.")
-                return False
-            grant.link_sent_at = t
-            tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
-            self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
+            if grant is None and info is None:
+                # Fail closed: without users.info we cannot tell a guest from a member.
+                refusal = "Slack didn't tell me who you are just now; please try again in a moment."
+            elif (
+                grant is None
+                and info is not None
+                and info.is_guest
+                and not self.settings.allow_guests
+            ):
+                refusal = "Guests can only join rooms they were invited to."
+            elif grant is not None and grant.revoked_at is not None:
+                refusal = "The room's owner removed you from this room."
+            elif (
+                grant is not None
+                and grant.link_sent_at
+                and (t - grant.link_sent_at < LINK_RESEND_WINDOW_S)
+            ):
+                refusal = "Your link is in your DMs with me."
+            else:
+                if grant is None:
+                    grant = Grant(
+                        room_id=room_id,
+                        team_id=team_id,
+                        enterprise_id=room.enterprise_id,
+                        user_id=user_id,
+                        display_name=(info.display_name if info else None),
+                        jti=new_jti(),
+                        exp=room.expires_at + self.settings.token_grace,
+                        secret_version=version,
+                        created_at=t,
+                    )
+                    tx.add(grant)
+                    tx.flush()
+                grant.link_sent_at = t
+                tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
+                self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
+        # Replies go out after the transaction: never hold the write lock over HTTP.
+        if refusal is not None:
+            self._tell(response_url, refusal)
+            return False
         if self.outbox:
             self.outbox.kick()
         self._tell(response_url, "I've sent your personal link to you by DM.")

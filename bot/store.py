@@ -96,6 +96,7 @@ class Grant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"))
     team_id: Mapped[str] = mapped_column(String(32))
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(String(32))
     display_name: Mapped[str | None] = mapped_column(String(120))
     jti: Mapped[str] = mapped_column(String(64), unique=True)
