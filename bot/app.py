@@ -262,7 +262,7 @@ def load_listeners() -> list[Listener]:
 
 
 class CorrelatedApp(App):
-    """Bolt's App, running each request under one correlation id (Socket Mode too).
+    """Bolt's App, running each request under one correlation id and its workspace.
 
     Not a middleware: Bolt's ``next()`` only flags "go on"; listeners run after
     every middleware has returned, outside any ``with`` one opened. Both the
@@ -271,11 +271,14 @@ class CorrelatedApp(App):
     """
 
     def dispatch(self, req: BoltRequest) -> BoltResponse:
-        if correlation_id.get():  # HTTP mode: wsgi_app gave the whole request one
-            return super().dispatch(req)
-        event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
-        with with_correlation(event_id if isinstance(event_id, str) else None):
-            return super().dispatch(req)
+        # Slack calls made for this request, and work handed on from it
+        # (Services.submit copies the context), use the request's workspace.
+        with acting_for(req.context.team_id, req.context.enterprise_id):
+            if correlation_id.get():  # HTTP mode: wsgi_app gave the whole request one
+                return super().dispatch(req)
+            event_id = req.body.get("event_id") if isinstance(req.body, dict) else None
+            with with_correlation(event_id if isinstance(event_id, str) else None):
+                return super().dispatch(req)
 
 
 def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = None) -> App:
@@ -319,12 +322,6 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         )
     finally:
         os.environ.update(hidden)
-
-    @app.middleware
-    def workspace(context: Any, next_: Callable[[], Any]) -> Any:
-        """Slack calls made for this request, and work handed on from it, use its workspace."""
-        with acting_for(context.team_id, context.enterprise_id):
-            return next_()
 
     for register in listeners if listeners is not None else load_listeners():
         register(app, services)
@@ -476,6 +473,8 @@ def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tupl
     body = stream.read(length) if stream is not None and length > 0 else b""
     environ["wsgi.input"] = io.BytesIO(body)
     if not _slack_signed(secret, environ, body):
+        if _is_ssl_check(body, str(environ.get("CONTENT_TYPE") or "")):
+            return None  # Slack's certificate check: Bolt answers 200 itself and runs nothing
         return "401 Unauthorized", "invalid request"
     try:
         payload, misread = _slack_payload(body, str(environ.get("CONTENT_TYPE") or ""))
@@ -488,6 +487,21 @@ def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tupl
     if misread:
         environ["meetbot.slack_fields"] = payload
     return None
+
+
+def _is_ssl_check(body: bytes, content_type: str) -> bool:
+    """A form body with ``ssl_check=1``, which Bolt lets through unsigned (and parses safely)."""
+    from urllib.parse import parse_qsl
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if content_type.split(";")[0] == "application/json" or text.startswith("{"):
+        return False
+    if "payload" in text:
+        return False
+    return dict(parse_qsl(text, keep_blank_values=True)).get("ssl_check") == "1"
 
 
 def _dispatch_fields(

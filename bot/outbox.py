@@ -49,7 +49,11 @@ class Renderer(Protocol):
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+    """Who holds a lease: the host (for people reading the table) and a random part.
+
+    Kept within the 64-character lease columns: pod names can be 63 long.
+    """
+    return f"{socket.gethostname()[:48]}:{uuid.uuid4().hex[:8]}"
 
 
 class OutboxWorker:

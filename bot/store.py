@@ -441,13 +441,6 @@ class Store:
             q = select(func.count()).where(Outbox.state == OutboxState.PENDING)
             return int(s.scalar(q) or 0)
 
-    def oldest_pending_outbox(self, at: int) -> int | None:
-        with self.read() as s:
-            q = select(func.min(Outbox.not_before)).where(
-                Outbox.state == OutboxState.PENDING, Outbox.not_before <= at
-            )
-            return s.scalar(q)
-
     def finish_outbox(
         self,
         row_id: int,

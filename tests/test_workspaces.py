@@ -15,7 +15,7 @@ from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
 
 CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret-abc"
 T1, T2 = "T0001", "T0002"
-ERIN = "UERIN002"  # a member of the second workspace
+ERIN, FRED = "UERIN002", "UFRED002"  # members of the second workspace
 
 
 def install(bot, slack, team_id):
@@ -39,6 +39,7 @@ def oauth_bot(start_bot, slack):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace(T2)
     slack.add_user(ERIN, "erin")
+    slack.add_user(FRED, "fred")
     return start_bot(
         SLACK_BOT_TOKEN="", SLACK_CLIENT_ID=CLIENT_ID, SLACK_CLIENT_SECRET=CLIENT_SECRET
     )
@@ -73,6 +74,12 @@ def test_install_two_workspaces_and_keep_them_apart(start_bot, slack, ams):
 
     r = two.command("retro", user_id=ERIN)
     wait_for(lambda: dm_links(slack, ERIN))
+    # A button click in the second workspace looks its clicker up with that
+    # workspace's token (users.info) before DMing them their link.
+    retro = next(r for r in db_rows(url, "rooms") if r["team_id"] == T2)
+    two.block_action("meet_get_link", retro["id"], user_id=FRED, channel_id="C1")
+    wait_for(lambda: dm_links(slack, FRED))
+    assert {c.team_id for c in slack.calls_to("users.info") if c.args.get("user") == FRED} == {T2}
     assert {c.team_id for c in slack.calls_to("chat.postMessage")} == {T1, T2}
     assert "retro" not in one.command("list", user_id=ALICE).text
 
