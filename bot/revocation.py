@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,10 @@ def authorize(rooms: Rooms, stream_id: str, token: str) -> tuple[bool, str]:
         )
     except jwt.PyJWTError as e:
         return False, f"token rejected ({type(e).__name__})"
-    if claims.get("streamId") != stream_id:
+    room_id = claims.get("streamId")
+    if not isinstance(room_id, str) or (
+        stream_id != room_id and not _own_participant_stream(stream_id, room_id, claims)
+    ):
         return False, "token is for another room"
     if claims.get("type") != "publish":
         return False, "token type is not publish"
@@ -86,6 +90,17 @@ def authorize(rooms: Rooms, stream_id: str, token: str) -> tuple[bool, str]:
     if revoked_at is not None:
         return False, f"{user_id} was removed from the room"
     return True, f"{user_id} allowed"
+
+
+def _own_participant_stream(stream_id: str, room_id: str, claims: dict[str, Any]) -> bool:
+    """Slack Calls mode sets Circle's streamId to ``<room>_<user>_<24 hex>`` (bot/calls.py):
+    the token holder's own stream in that room counts as the room."""
+    user = claims.get("sub")
+    if not isinstance(user, str):
+        return False
+    prefix = f"{room_id}_{user}_"
+    tail = stream_id[len(prefix) :]
+    return stream_id.startswith(prefix) and re.fullmatch(r"[0-9a-f]{24}", tail) is not None
 
 
 def _reply(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
