@@ -618,7 +618,7 @@ def link(room_id: str, user_id: str, name: str | None, as_json: bool) -> None:
     The link is a credential: it goes to stdout only. Send it to that person only.
     """
     user_id = user_id.strip().upper()
-    if not USER_ID_RE.match(user_id):
+    if not USER_ID_RE.fullmatch(user_id):
         raise click.BadParameter("a Slack user id looks like U012ABCDEF", param_hint="--user")
     settings = _settings()
     _quiet_logging(settings)

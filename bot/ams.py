@@ -557,7 +557,7 @@ class AmsClient:
     @staticmethod
     def _path_id(room_id: str) -> str:
         """Refuse ids AMS would refuse anyway, and that could change the URL path."""
-        if not isinstance(room_id, str) or not _ID_RE.match(room_id) or room_id in {".", ".."}:
+        if not isinstance(room_id, str) or not _ID_RE.fullmatch(room_id) or room_id in {".", ".."}:
             raise AmsInvalidId(f"room id {room_id!r} has characters AMS does not allow")
         return room_id
 

@@ -919,7 +919,7 @@ class AmsDouble:
         with self._lock:
             if not stream_id:
                 stream_id = secrets.token_hex(6) + str(int(now * 1000))
-            elif not STREAM_ID_RE.match(stream_id):
+            elif not STREAM_ID_RE.fullmatch(stream_id):
                 return _json_reply(400, _result(False, MSG_ID_INVALID))
             if stream_id in self._broadcasts:
                 return _json_reply(400, _result(False, MSG_ID_TAKEN))

@@ -1546,7 +1546,7 @@ class SlackDouble:
         if not isinstance(trigger_id, str) or not trigger_id:
             raise _invalid("[ERROR] missing required field: trigger_id")
         trigger = self._triggers.get(trigger_id)
-        if trigger is None and not _TRIGGER_RE.match(trigger_id):
+        if trigger is None and not _TRIGGER_RE.fullmatch(trigger_id):
             raise _ApiError("invalid_trigger_id")
         if trigger is not None:
             if trigger["used"]:
