@@ -430,32 +430,33 @@ def _check_fires(rec: Recurrence, zone: tzinfo, now: datetime, min_interval: int
 
 
 def _next_single(trigger: CronTrigger, zone: tzinfo, after: datetime) -> datetime | None:
-    """Next fire of one APScheduler trigger strictly after ``after``, with our DST rules."""
-    search = after
+    """Next fire of one crontab rule strictly after ``after``, with our DST rules.
+
+    ``trigger`` runs on wall-clock time (built with ``timezone=UTC`` over naive
+    local times): APScheduler's own zone handling silently skips a day whose
+    time falls in a spring gap (e.g. 00:00 in America/Santiago on the night
+    clocks jump to 01:00). Each wall time is then mapped to an instant by
+    ``_resolve`` (gap → its end, fold → the first pass), which never moves
+    backwards, so the first instant after ``after`` is the answer.
+    """
+    # Start a little before ``after``'s wall time: around a fold the wall clock
+    # runs an hour back, and a wall time "before" it may still lie after it.
+    wall = after.astimezone(zone).replace(tzinfo=None) - timedelta(hours=3)
+    search = wall.replace(tzinfo=UTC)
     for _ in range(10_000):
         cand = trigger.get_next_fire_time(None, search + timedelta(microseconds=1))
         if cand is None:
             return None
-        wall = cand.replace(tzinfo=None)
-        cu = cand.astimezone(UTC)
-        if cu.astimezone(zone).replace(tzinfo=None, fold=0) != wall.replace(fold=0):
-            eff: datetime | None = _resolve(wall, zone)  # in a spring gap
-            advance = eff
-        elif cand.fold == 1 and cand.replace(fold=0).utcoffset() != cand.utcoffset():
-            eff = None  # second pass through an autumn fold: it already fired
-            advance = cu
-        else:
-            eff = advance = cu
-        if eff is not None and eff > after:
+        eff = _resolve(cand.replace(tzinfo=None), zone)
+        if eff > after:
             return eff
-        assert advance is not None
-        search = max(advance, search + timedelta(seconds=1))
+        search = cand
     return None
 
 
 def _next_cron(spec: str, zone: tzinfo, after: datetime) -> datetime | None:
     found = [
-        _next_single(CronTrigger.from_crontab(sub, timezone=zone), zone, after)
+        _next_single(CronTrigger.from_crontab(sub, timezone=UTC), zone, after)
         for sub in _split_or(spec)
     ]
     return min((f for f in found if f is not None), default=None)

@@ -411,6 +411,17 @@ def test_parse_when_only_raises_value_error(text: str, tz: str) -> None:
     assert from_storage(to_storage(rec)) == rec
 
 
+def test_a_gap_at_midnight_still_fires_that_day_at_the_gap_end() -> None:
+    # America/Santiago jumps from 00:00 to 01:00 on 2025-09-07; APScheduler
+    # alone skipped the whole day (found by the property test below).
+    rec = parse_when(
+        "every day at 00:00", now_utc=datetime(2025, 9, 1, tzinfo=UTC), tz="America/Santiago"
+    )
+    got = next_run(rec, "America/Santiago", datetime(2025, 9, 6, 4, 0, tzinfo=UTC))
+    local = got.astimezone(ZoneInfo("America/Santiago"))
+    assert (local.date().isoformat(), local.hour, local.minute) == ("2025-09-07", 1, 0)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.integers(0, 23), st.integers(0, 59), ZONES, INSTANTS)
 def test_every_day_runs_daily_at_that_wall_time_or_gap_end(
