@@ -68,12 +68,17 @@ ROOM = "fuzzroom-0123456789abcdef"
 UNKNOWN = "UNOBODY01"
 GET_LINK, EXTEND, JOIN = "meet_get_link", "meet_extend", "meet_join"
 SCHEDULE_MODAL, SCHEDULE_SHORTCUT = "meet_schedule_modal", "meet_schedule_shortcut"
+NEW_ROOM_MODAL, ABOUT_SHORTCUT = "home_new_room_modal", "meet_about_message"
 MEMBERS = (ALICE, BOB, CAROL)
 PEOPLE = (ALICE, BOB, CAROL, GUEST, SOMEBOT)
 TABLES = ("rooms", "grants", "outbox", "audit", "schedules", "occurrences")
-SLACK_WRITES = ("chat.postMessage", "chat.update", "chat.postEphemeral", "calls.add")
+# Replies to the requester (response_url, ephemerals, their Home) are answers, not effects.
+SLACK_WRITES = ("chat.postMessage", "chat.update", "chat.delete", "calls.add")
 VERIFIER = SignatureVerifier(SIGNING_SECRET)
 MAX_TTL = Settings(ams_url="http://ams").max_room_ttl
+# Replies go nowhere, at once (port 9 refuses): no DNS, no network, no waiting.
+RESPONSE_URL = "http://127.0.0.1:9/response/fuzz"
+ANSWERS = (200, 400, 404, 413)  # what a request may get: the property allows nothing else
 
 
 def fuzz(examples: int) -> settings:
@@ -222,7 +227,7 @@ class Stack:
         with self.engine.connect() as c:
             counts = {
                 t: c.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES
-            }  # noqa: S608
+            }
         counts["ams_writes"] = sum(1 for r in self.ams.requests if r.method != "GET")
         for method in SLACK_WRITES:
             counts[method] = len(self.slack.calls_to(method))
@@ -248,6 +253,7 @@ def send(
     before = stack.effects() if not may_act else None
     status, data = stack.call(body, content_type, **kw)
     assert status < 500, (status, data[:300])
+    assert (status == 413) == (len(body) > MAX_BODY_BYTES), status  # percent-encoding grows it
     stack.settle()
     if before is not None:
         after = stack.effects()
@@ -289,7 +295,7 @@ NASTY = st.sampled_from(
         ROOM,
         ROOM + "x",
         "../../etc/passwd",
-        "https://evil.example/x?token=eyJhbGciOiJIUzI1NiJ9.e30.sig",
+        "http://127.0.0.1:9/x?token=eyJhbGciOiJIUzI1NiJ9.e30.sig",
     ]
 )
 HUGE = st.builds(
@@ -297,7 +303,8 @@ HUGE = st.builds(
     st.text(min_size=1, max_size=8),
     st.integers(4_000, 200_000),
 )
-STRINGS = st.one_of(st.text(max_size=40), NASTY, HUGE)
+SHORT = st.text(max_size=40)
+STRINGS = st.one_of(SHORT, NASTY, SHORT, NASTY, HUGE)  # huge ones a fifth of the time
 WRONG_TYPES = st.one_of(
     st.none(),
     st.booleans(),
@@ -448,7 +455,7 @@ def slash_commands(draw: st.DrawFn) -> tuple[list[tuple[str, str]], bool]:
         "text": draw(MEET_TEXT),
         "api_app_id": "A0001",
         "is_enterprise_install": "false",
-        "response_url": "https://hooks.slack.com/commands/T0001/1/x",
+        "response_url": RESPONSE_URL,
         "trigger_id": "1.2.3",
     }
     for name in draw(st.lists(st.sampled_from(COMMAND_FIELDS), max_size=2, unique=True)):
@@ -485,7 +492,7 @@ def block_actions_base(action_id: str, value: str, user: str) -> dict[str, Any]:
         "channel": {"id": "C1", "name": "general"},
         "message": {"type": "message", "ts": "1.000001", "text": ""},
         "state": {"values": {}},
-        "response_url": "https://hooks.slack.com/actions/T0001/1/x",
+        "response_url": RESPONSE_URL,
         "actions": [
             {
                 "action_id": action_id,
@@ -517,23 +524,39 @@ def action_may_act(p: Any) -> bool:
     actions = p.get("actions")
     if not (isinstance(actions, list) and actions and isinstance(actions[0], dict)):
         return False
-    ids = {a.get("action_id") for a in actions if isinstance(a, dict)}
+    if len(actions) > 1:
+        return True  # which listener runs is Bolt's business: no claim
     user = _text_at(p, "user", "id")
     team = _text_at(p, "team", "id") or _text_at(p, "user", "team_id")
-    if not user or team != TEAM or _text_at(actions[0], "value") != ROOM:
-        return False
-    if GET_LINK in ids:  # the first listener that matches runs, with actions[0]
+    if not user or team != TEAM:
+        return False  # nobody to act for
+    kind = ROOM_BUTTONS.get(_text_at(actions[0], "action_id") or "")
+    value = _text_at(actions[0], "value") or ""
+    if kind is None or ROOM not in value:
+        return False  # a modal or an ack at most, a schedule that does not exist, no room
+    if kind == "link":
         return user != GUEST  # a guest who was not invited is refused
-    if EXTEND in ids:
-        return user == ALICE  # only the owner may extend
-    return False  # the join button, or no button of ours
+    return user == ALICE  # only the owner may extend or end (nobody here is an admin)
+
+
+#: The buttons that act on a room, and who may press them; every other one opens a
+#: modal at most (join, new room, schedule) or names a schedule (none exists where
+#: the oracle sends "must change nothing").
+ROOM_BUTTONS = {
+    GET_LINK: "link",
+    "home_get_link": "link",
+    EXTEND: "owner",
+    "home_extend": "owner",
+    "home_end": "owner",
+}
+BUTTONS = (*ROOM_BUTTONS, JOIN, "home_new_room", "home_schedule", "home_cancel_schedule", "x")
 
 
 @st.composite
 def block_actions(draw: st.DrawFn) -> tuple[Any, bool]:
     base = block_actions_base(
-        draw(st.sampled_from([GET_LINK, GET_LINK, EXTEND, JOIN, "meet_end", "other"])),
-        draw(st.sampled_from([ROOM, ROOM, "nosuchroom", ""])),
+        draw(st.sampled_from(BUTTONS)),
+        draw(st.sampled_from([ROOM, ROOM, f"{ROOM}:{2**31}", "nosuchroom", "", "1"])),
         draw(st.sampled_from(PEOPLE)),
     )
     payload = draw(mutated(base))
@@ -561,24 +584,43 @@ def view_may_act(p: Any) -> bool:
     """Whether a view_submission may change anything (the oracle)."""
     if not isinstance(p, dict) or p.get("type") != "view_submission":
         return False
-    if _text_at(p, "view", "callback_id") != SCHEDULE_MODAL:
+    callback = _text_at(p, "view", "callback_id")
+    user = _text_at(p, "user", "id")
+    if callback not in (SCHEDULE_MODAL, NEW_ROOM_MODAL) or not user:
         return False
-    if not _text_at(p, "user", "id") or not (
-        _text_at(p, "team", "id") or _text_at(p, "user", "team_id")
-    ):
+    if not (_text_at(p, "team", "id") or _text_at(p, "user", "team_id")):
         return False
-    values = p["view"].get("state", {}).get("values") if isinstance(p["view"], dict) else None
-    for block in ("name", "time", "duration"):
+    state = p["view"].get("state") if isinstance(p["view"], dict) else None
+    values = state.get("values") if isinstance(state, dict) else None
+    required = ("name", "time", "duration") if callback == SCHEDULE_MODAL else ("duration",)
+    for block in required:
         entry = values.get(block) if isinstance(values, dict) else None
         element = entry.get("value") if isinstance(entry, dict) else None
         if not isinstance(element, dict):
             return False  # a required field is missing: the form asks for it again
+    if callback == NEW_ROOM_MODAL:
+        return user in MEMBERS  # guests and bots cannot open rooms
     return True
+
+
+def new_room_values(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "topic": {"value": {"type": "plain_text_input", "value": draw(STRINGS)}},
+        "invitees": {"value": {"type": "multi_users_select", "selected_users": [BOB]}},
+        "duration": {
+            "value": {
+                "type": "static_select",
+                "selected_option": {"value": draw(st.sampled_from(["900", "0", "999999"]))},
+            }
+        },
+    }
 
 
 @st.composite
 def view_submissions(draw: st.DrawFn) -> tuple[Any, bool]:
     user = draw(st.sampled_from(PEOPLE))
+    callback = draw(st.sampled_from([SCHEDULE_MODAL, NEW_ROOM_MODAL, "other"]))
+    values = new_room_values(draw) if callback == NEW_ROOM_MODAL else schedule_values(draw)
     base = {
         "type": "view_submission",
         "team": {"id": TEAM, "domain": "meetbot-test"},
@@ -590,9 +632,9 @@ def view_submissions(draw: st.DrawFn) -> tuple[Any, bool]:
             "id": "V0001",
             "team_id": TEAM,
             "type": "modal",
-            "callback_id": draw(st.sampled_from([SCHEDULE_MODAL, SCHEDULE_MODAL, "other"])),
+            "callback_id": callback,
             "private_metadata": json.dumps({"channel_id": "C1"}),
-            "state": {"values": schedule_values(draw)},
+            "state": {"values": values},
             "hash": "1.abc",
             "app_id": "A0001",
         },
@@ -604,9 +646,23 @@ def view_submissions(draw: st.DrawFn) -> tuple[Any, bool]:
     return payload, view_may_act(payload)
 
 
+def shortcut_may_act(p: Any) -> bool:
+    """A global shortcut opens a modal at most; "Meet about this" opens a room (the oracle)."""
+    if not isinstance(p, dict) or p.get("type") != "message_action":
+        return False
+    if p.get("callback_id") != ABOUT_SHORTCUT:
+        return False
+    team = _text_at(p, "team", "id") or _text_at(p, "user", "team_id")
+    channel = _text_at(p, "channel", "id")
+    user = _text_at(p, "user", "id")
+    if not (team and channel and user and isinstance(p.get("message"), dict) and p["message"]):
+        return False
+    return user in MEMBERS  # guests and bots cannot open rooms
+
+
 @st.composite
-def shortcuts(draw: st.DrawFn, slack: SlackDouble) -> Any:
-    """Global and message shortcuts. Neither may change anything (a modal at most)."""
+def shortcuts(draw: st.DrawFn, slack: SlackDouble) -> tuple[Any, bool]:
+    """Global and message shortcuts, and the oracle."""
     user = draw(st.sampled_from(PEOPLE))
     kind = draw(st.sampled_from(["shortcut", "message_action"]))
     base: dict[str, Any] = {
@@ -617,14 +673,15 @@ def shortcuts(draw: st.DrawFn, slack: SlackDouble) -> Any:
         "user": {"id": user, "username": user.lower(), "team_id": TEAM},
         "is_enterprise_install": False,
         "enterprise": None,
-        "callback_id": SCHEDULE_SHORTCUT if kind == "shortcut" else "meet_about_message",
+        "callback_id": SCHEDULE_SHORTCUT if kind == "shortcut" else ABOUT_SHORTCUT,
         "trigger_id": slack.issue_trigger_id(user),
     }
     if kind == "message_action":
         base["channel"] = {"id": "C1", "name": "general"}
         base["message"] = {"type": "message", "user": BOB, "ts": "1.000001", "text": "hi"}
-        base["response_url"] = "https://hooks.slack.com/actions/T0001/1/x"
-    return draw(mutated(base))
+        base["response_url"] = RESPONSE_URL
+    payload = draw(mutated(base))
+    return payload, shortcut_may_act(payload)
 
 
 @st.composite
@@ -666,7 +723,7 @@ def events(draw: st.DrawFn) -> tuple[Any, bool]:
 
 
 # -- the tests ---------------------------------------------------------------------------------
-@fuzz(350)
+@fuzz(250)
 @given(case=slash_commands())
 def test_slash_commands(stacks: tuple[Stack, Stack], case: tuple[list[Any], bool]) -> None:
     items, may_act = case
@@ -674,6 +731,8 @@ def test_slash_commands(stacks: tuple[Stack, Stack], case: tuple[list[Any], bool
         stacks, "slash_command", may_act, form(items), "application/x-www-form-urlencoded"
     )
     fields = dict(items)
+    if status == 413:
+        return  # percent-encoding made the body larger than 1 MiB: checked in send()
     if fields.get("command") != "/meet":
         assert status == 404
         return
@@ -693,17 +752,17 @@ def test_slash_commands(stacks: tuple[Stack, Stack], case: tuple[list[Any], bool
             assert answer == grammar.HELP_TEXT
 
 
-@fuzz(300)
+@fuzz(250)
 @given(case=block_actions())
 def test_block_actions(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -> None:
     payload, may_act = case
     status, _ = send(
         stacks, "block_actions", may_act, interactive(payload), "application/x-www-form-urlencoded"
     )
-    assert status in (200, 400, 404)
+    assert status in ANSWERS
 
 
-@fuzz(200)
+@fuzz(150)
 @given(case=view_submissions())
 def test_view_submissions(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -> None:
     payload, may_act = case
@@ -714,20 +773,19 @@ def test_view_submissions(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -
         interactive(payload),
         "application/x-www-form-urlencoded",
     )
-    assert status in (200, 400, 404)
+    assert status in ANSWERS
+
+
+@fuzz(120)
+@given(data=st.data())
+def test_shortcuts(stacks: tuple[Stack, Stack], data: st.DataObject) -> None:
+    payload, may_act = data.draw(shortcuts(stacks[0].slack))
+    body = interactive(payload)
+    status, _ = send(stacks, "shortcut", may_act, body, "application/x-www-form-urlencoded")
+    assert status in ANSWERS
 
 
 @fuzz(150)
-@given(data=st.data())
-def test_shortcuts(stacks: tuple[Stack, Stack], data: st.DataObject) -> None:
-    payload = data.draw(shortcuts(stacks[0].slack))
-    status, _ = send(
-        stacks, "shortcut", False, interactive(payload), "application/x-www-form-urlencoded"
-    )
-    assert status in (200, 400, 404)
-
-
-@fuzz(200)
 @given(case=events())
 def test_events(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -> None:
     payload, may_act = case
@@ -737,10 +795,10 @@ def test_events(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -> None:
         challenge = payload.get("challenge")
         if status == 200 and isinstance(challenge, str):
             assert json.loads(answer) == {"challenge": challenge}
-    assert status in (200, 400, 404)
+    assert status in ANSWERS
 
 
-@fuzz(250)
+@fuzz(200)
 @given(
     body=st.one_of(
         st.binary(max_size=300),
@@ -763,9 +821,18 @@ def test_events(stacks: tuple[Stack, Stack], case: tuple[Any, bool]) -> None:
     ),
 )
 def test_garbage_bodies(stacks: tuple[Stack, Stack], body: bytes, content_type: str) -> None:
-    """Anything at all, signed: never a 500, never an effect."""
+    """Anything at all, signed: never a 500, never an effect.
+
+    Slack signs UTF-8 text; a body that is not UTF-8 cannot carry a signature
+    slack_sdk's verifier accepts, so it is refused as unsigned (401).
+    """
     status, _ = send(stacks, "garbage", False, body, content_type)
-    assert status in (200, 400, 404)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        assert status == 401
+    else:
+        assert status in ANSWERS
 
 
 @st.composite
@@ -778,7 +845,7 @@ def any_body(draw: st.DrawFn, slack: SlackDouble) -> tuple[bytes, str]:
     if kind == "view":
         return interactive(draw(view_submissions())[0]), "application/x-www-form-urlencoded"
     if kind == "shortcut":
-        return interactive(draw(shortcuts(slack))), "application/x-www-form-urlencoded"
+        return interactive(draw(shortcuts(slack))[0]), "application/x-www-form-urlencoded"
     if kind == "event":
         return json.dumps(draw(events())[0]).encode(), "application/json"
     return draw(st.binary(max_size=200)), draw(st.sampled_from(["application/json", ""]))
@@ -830,7 +897,7 @@ def bad_signature_headers(draw: st.DrawFn, body: bytes) -> dict[str, str]:
     return headers
 
 
-@fuzz(300)
+@fuzz(200)
 @given(data=st.data())
 def test_unsigned_or_badly_signed_is_401(stacks: tuple[Stack, Stack], data: st.DataObject) -> None:
     """Valid requests as well as garbage: without Slack's signature, 401 and nothing else."""
@@ -840,7 +907,7 @@ def test_unsigned_or_badly_signed_is_401(stacks: tuple[Stack, Stack], data: st.D
     CASES["unsigned"] += 1
     before = quiet.effects()
     status, _ = quiet.call(body, content_type, signed=False, headers=headers)
-    assert status == 401
+    assert status == (413 if len(body) > MAX_BODY_BYTES else 401)
     quiet.settle()
     assert quiet.effects() == before
 
@@ -902,10 +969,47 @@ def test_bad_content_length_is_400(stacks: tuple[Stack, Stack], length: str) -> 
 def test_a_valid_command_through_the_fuzz_stack_does_act(stacks: tuple[Stack, Stack]) -> None:
     """The oracle's other half: a request it calls valid really does what it should."""
     busy = stacks[1]
+    busy.slack.add_user("UVALID001", "valid")  # has opened nothing, whatever the fuzzing did
     CASES["slash_command"] += 1
     before = busy.effects()["ams_writes"]
-    fields = {"team_id": TEAM, "user_id": CAROL, "command": "/meet", "text": "valid <@" + BOB + ">"}
+    fields = {"team_id": TEAM, "user_id": "UVALID001", "command": "/meet", "text": f"x <@{BOB}>"}
     status, body = busy.call(form(fields))
     assert status == 200 and "Creating" in body.decode()
     busy.settle()
     assert busy.effects()["ams_writes"] == before + 1
+
+
+@pytest.mark.parametrize(
+    "fields, answer",
+    [
+        ({"text": "payload review"}, "Creating your room…"),
+        ({"text": "help", "channel_name": "payload-team"}, grammar.HELP_TEXT),
+        ({"text": "help", "user_name": "payloadqueen"}, grammar.HELP_TEXT),
+    ],
+    ids=["in-the-text", "in-the-channel-name", "in-the-user-name"],
+)
+def test_the_word_payload_anywhere_in_a_command_is_not_lost(
+    stacks: tuple[Stack, Stack], fields: dict[str, str], answer: str
+) -> None:
+    """Bolt takes any form body that contains "payload" for an interactivity payload,
+    finds no ``payload`` field and reads nothing (404): wsgi_app hands it the fields."""
+    busy = stacks[1]
+    CASES["slash_command"] += 1
+    body = form({"team_id": TEAM, "user_id": BOB, "command": "/meet", **fields})
+    status, data = busy.call(body)
+    assert (status, data.decode()) == (200, answer)
+    busy.settle()
+
+
+def test_an_unsigned_ssl_check_is_answered_and_runs_nothing(stacks: tuple[Stack, Stack]) -> None:
+    """Slack's certificate check (``ssl_check=1``) gets its 200 as Bolt gives it, signed or
+    not; a command smuggled into one does not run."""
+    quiet = stacks[0]
+    CASES["unsigned"] += 1
+    before = quiet.effects()
+    smuggled = {"ssl_check": "1", "token": "x", "team_id": TEAM, "user_id": ALICE}
+    smuggled |= {"command": "/meet", "text": f"end {ROOM}", "response_url": RESPONSE_URL}
+    status, body = quiet.call(form(smuggled), signed=False)
+    assert status == 200 and body == b""
+    quiet.settle()
+    assert quiet.effects() == before
