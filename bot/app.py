@@ -350,8 +350,6 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
     return [data]
 
 
-
-
 def _slack_signed(secret: str, environ: dict[str, Any], body: bytes) -> bool:
     """Slack's v0 signature over the raw bytes, with a timestamp inside the window.
 
