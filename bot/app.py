@@ -29,7 +29,7 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from bot import reconcile as ams_reconcile
-from bot.ams import AmsClient, AmsManagement
+from bot.ams import AmsClient, AmsError, AmsManagement, is_enterprise
 from bot.calls import CALL_JOIN_PREFIX, HOOK_PREFIX, SlackCalls, handle_hook
 from bot.config import Settings
 from bot.joinlinks import JOIN_PREFIX, handle_join
@@ -590,6 +590,26 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
     return application
 
 
+def warn_about_ams_edition(ams: AmsClient) -> None:
+    """Say loudly at start when AMS is Community Edition: it checks no token at all,
+    so every link would work for anyone. An unreachable AMS is only noted: the
+    bot keeps running and reports AMS errors to users as they happen."""
+    try:
+        version = ams.version()
+    except AmsError as e:
+        log.warning("AMS did not answer the version check at start: %s", e)
+        return
+    if not is_enterprise(version):
+        log.warning(
+            "AMS %s is %s: it does NOT check join tokens, so any link works for anyone. "
+            "meetbot needs Ant Media Server Enterprise Edition.",
+            version.get("versionName", "?"),
+            version.get("versionType", "not Enterprise Edition"),
+        )
+    else:
+        log.info("AMS %s, %s", version.get("versionName", "?"), version.get("versionType"))
+
+
 def serve(
     settings: Settings,
     *,
@@ -602,6 +622,7 @@ def serve(
     services = Services(settings)
     services.store.migrate()
     services.prepare_secret()
+    warn_about_ams_edition(services.ams)
     bolt_app = build_bolt_app(services)
     socket_handler = None
     if not settings.http_mode:

@@ -359,7 +359,7 @@ def handle_submission(ack: Ack, body: dict[str, Any], services: Services) -> Non
     enterprise = (body.get("enterprise") or {}).get("id") or None
     try:
         meta = json.loads(view.get("private_metadata") or "{}")
-    except ValueError:
+    except (TypeError, ValueError):  # not a string, or not JSON: no context, not a crash
         meta = {}
     fallback = meta.get("channel_id") if isinstance(meta, dict) else None
     form = read_form((view.get("state") or {}).get("values") or {}, fallback_channel=fallback)

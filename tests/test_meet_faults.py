@@ -444,3 +444,9 @@ def test_socket_mode_is_used_with_an_app_token(ams, slack, tmp_path):
     assert "Socket Mode could not connect" in proc.stderr
     assert slack.calls_to("apps.connections.open")
     assert "xapp-1-test" not in proc.stderr
+
+
+def test_serve_warns_at_start_on_community_edition(start_bot, ams):
+    ams.edition = "Community Edition"
+    bot = start_bot()
+    wait_for(lambda: "does NOT check join tokens" in bot.log())
