@@ -65,9 +65,7 @@ def command_body(slack: SlackDouble, user: str, channel: str, text: str) -> str:
 
 def fire(url: str, concurrency: int, warmup: list[str], bodies: list[str]) -> dict:
     """Send through ``bench.load`` in its own process; returns its results."""
-    spec = json.dumps(
-        {"url": url, "concurrency": concurrency, "warmup": warmup, "bodies": bodies}
-    )
+    spec = json.dumps({"url": url, "concurrency": concurrency, "warmup": warmup, "bodies": bodies})
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "bench.load"],
         input=spec.encode(),
@@ -111,9 +109,7 @@ def delivered(ams: AmsDouble, slack: SlackDouble, users: list[str], creates: int
     """Every room created, and each requester's DM and channel card sent."""
     if ams.count("POST", CREATE) < creates:
         return False
-    return all(
-        slack.dms_to(u) and slack.messages(Population.channel(u)) for u in users
-    )
+    return all(slack.dms_to(u) and slack.messages(Population.channel(u)) for u in users)
 
 
 def run(quick: bool = False) -> Outcome:
@@ -171,12 +167,8 @@ def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
                     tag = f"ack c={conc} ams={int(latency * 1000)}ms"
                     p50, p99 = percentile(ms, 0.50), percentile(ms, 0.99)
                     log(f"{tag}: p50 {p50:.2f} ms p99 {p99:.2f} ms max {max(ms):.1f} ms")
-                    out.lines.append(
-                        Line(f"{tag} p50", p50, f50, "ms", "floor p50", P50_TARGET)
-                    )
-                    out.lines.append(
-                        Line(f"{tag} p99", p99, f99, "ms", "floor p99", P99_TARGET)
-                    )
+                    out.lines.append(Line(f"{tag} p50", p50, f50, "ms", "floor p50", P50_TARGET))
+                    out.lines.append(Line(f"{tag} p99", p99, f99, "ms", "floor p99", P99_TARGET))
                     # Let the post-ack work finish before the next measurement.
                     t0 = time.monotonic()
                     wait_until(
@@ -191,9 +183,7 @@ def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
             ams.latency = 0.0
         code = bot.proc.returncode if bot.proc else None
         out.check(code == 0, f"meetbot serve exited {code} on SIGTERM:\n{bot.tail()}")
-    out.lines.append(
-        Line("ack max (all runs)", worst_ms, ACK_LIMIT_MS, "ms", "Slack's 3 s", 1.0)
-    )
+    out.lines.append(Line("ack max (all runs)", worst_ms, ACK_LIMIT_MS, "ms", "Slack's 3 s", 1.0))
     return out
 
 

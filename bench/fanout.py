@@ -99,6 +99,9 @@ def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
             )
             ok_calls = posted()
             elapsed = max(c.at for c in ok_calls) - t0
+            first = min(c.at for c in ok_calls) - t0
+            card_times = sorted(c.at for c in ok_calls if c.args.get("channel") == CHANNEL)
+            gaps = [b - a for a, b in zip(card_times, card_times[1:], strict=False)]
             time.sleep(2.5)  # a duplicate would arrive within a paced slot or two
             ok_calls = posted()
             all_calls = slack.calls_to("chat.postMessage")
@@ -119,7 +122,8 @@ def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
     allowed = caps_time(per_channel, RATE_PER_CHANNEL, CAP_PER_MINUTE)
     log(
         f"fan-out: {len(ok_calls)} posts in {elapsed:.2f} s (caps allow {allowed:.2f} s), "
-        f"{limited} of {len(all_calls)} calls answered 429"
+        f"{limited} of {len(all_calls)} calls answered 429; first post after {first:.2f} s, "
+        f"channel posts {', '.join(f'{g:.2f}' for g in gaps)} s apart"
     )
     out.lines.append(
         Line(
@@ -148,7 +152,9 @@ def measure(ams: AmsDouble, slack: SlackDouble, quick: bool) -> Outcome:
     return out
 
 
-def check_channel(out: Outcome, slack: SlackDouble, channel: str, rooms: list[str], what: str) -> None:
+def check_channel(
+    out: Outcome, slack: SlackDouble, channel: str, rooms: list[str], what: str
+) -> None:
     """Exactly one message per room in ``channel``."""
     msgs = slack.messages(channel)
     seen = Counter(r for m in msgs for r in rooms if r in json.dumps(m))

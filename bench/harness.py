@@ -73,10 +73,12 @@ class Line:
             return True
         return self.ratio < self.target if self.strict else self.ratio <= self.target
 
-    def render(self) -> str:
+    def render(self, judged: bool = True) -> str:
         op = "<" if self.strict else "<="
         target = f"target {op} {self.target:.2f}" if self.target is not None else "no target"
         verdict = "" if self.target is None else ("ok" if self.met else "MISSED")
+        if not judged and self.target is not None:
+            verdict = "(speed not judged)"
         text = (
             f"{self.name:<30} {fmt(self.measured, self.unit):>14}  "
             f"limit {fmt(self.limit, self.unit):>14} ({self.limit_label})  "
@@ -373,3 +375,31 @@ def scalar(url: str, sql: str, **params: Any) -> Any:
             return c.execute(sa.text(sql), params).scalar()
     finally:
         engine.dispose()
+
+
+def execute(url: str, sql: str, **params: Any) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text(sql), params)
+    finally:
+        engine.dispose()
+
+
+def wait_reconciled(url: str, timeout: float = 60.0) -> None:
+    """Wait for the bot's start-up AMS reconciliation pass to finish.
+
+    Rows written behind the bot's back while it lists AMS could be taken for
+    strays or vanished rooms; set-ups that write the database directly wait
+    for this first. The pass records ``last_run_at`` on its job row.
+    """
+
+    def done() -> bool:
+        try:
+            return (
+                scalar(url, "SELECT last_run_at FROM jobs WHERE name = 'reconcile_ams'") is not None
+            )
+        except sa.exc.DBAPIError:
+            return False
+
+    wait_until(done, timeout, interval=0.1, what="the start-up AMS reconciliation")

@@ -26,7 +26,11 @@ _profiles: list[tuple[str, cProfile.Profile]] = []
 _lock = threading.Lock()
 #: ``MEETBOT_BENCH_PROFILE_CLOCK=wall`` counts elapsed time instead (where the time goes
 #: when the process is not busy: waiting on AMS, on a database lock, on a pool).
-_TIMER = time.perf_counter if os.environ.get("MEETBOT_BENCH_PROFILE_CLOCK") == "wall" else time.thread_time
+_TIMER = (
+    time.perf_counter
+    if os.environ.get("MEETBOT_BENCH_PROFILE_CLOCK") == "wall"
+    else time.thread_time
+)
 
 
 def _group(name: str) -> str:

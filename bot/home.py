@@ -188,7 +188,7 @@ def _schedule(s: ScheduleLine) -> list[Block]:
                 value=str(s.id),
                 confirm=ConfirmObject(
                     title="Stop this team room?",
-                    text=_clip(f"No more rooms will open for {s.name}.", 300),
+                    text=_clip(f"No more rooms will open for {messages.escape(s.name)}.", 300),
                     confirm="Stop it",
                     deny="Keep it",
                     style="danger",

@@ -8,9 +8,11 @@ the bot's background pool after a short pause, publishes each dirty Home
 once. A burst (a room with 40 invitees opening, a sweep ending ten rooms)
 therefore costs one ``views.publish`` per person, not one per change.
 
-Flushes publish one at a time: a Home rendered earlier can never be published
-after one rendered later, so the last view Slack holds reflects the newest
-state.
+Flushes run one at a time, and within a flush each person is published by one
+thread (a few people in parallel, for large rooms): a Home rendered earlier
+can never be published after one rendered later, so the last view Slack holds
+reflects the newest state. On shutdown (``close``) what is not yet published is
+dropped: the next ``app_home_opened`` draws it anyway.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from bot import home
+from bot.logs import ContextThreadPoolExecutor
 from bot.notify import SlackGateway, SlackSendError, acting_for
 from bot.schedules import Schedules, describe
 from bot.store import Store
@@ -31,6 +34,7 @@ log = logging.getLogger("meetbot.home")
 
 DEBOUNCE_S = 0.25  # long enough to gather a burst, short enough to feel immediate
 NOTICE_TTL_S = 120  # how long the outcome of a click stays on the person's Home
+PUBLISHERS = 4  # people published at once in a flush (views.publish is Tier 4)
 
 
 class HomeTab:
@@ -58,7 +62,9 @@ class HomeTab:
         self._publishing = threading.Lock()
         self._dirty: set[tuple[str, str]] = set()
         self._scheduled = False
+        self._closed = False
         self._notices: dict[tuple[str, str], tuple[float, str]] = {}
+        self._pool = ContextThreadPoolExecutor(max_workers=PUBLISHERS, thread_name_prefix="home")
 
     # -- what callers use ------------------------------------------------------------
     def changed(self, team_id: str, users: Iterable[str]) -> None:
@@ -68,6 +74,8 @@ class HomeTab:
         operations that must not fail because a Home could not be refreshed.
         """
         with self._lock:
+            if self._closed:
+                return
             self._dirty.update((team_id, u) for u in users if u)
             if self._scheduled or not self._dirty:
                 return
@@ -118,6 +126,13 @@ class HomeTab:
             log.exception("could not publish the Home of %s", user_id)
         return False
 
+    def close(self) -> None:
+        """Stop publishing: drop what is pending, let a publish in flight finish."""
+        with self._lock:
+            self._closed = True
+            self._dirty.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     # -- internals -------------------------------------------------------------------
     def _current_notice(self, team_id: str, user_id: str) -> str | None:
         with self._lock:
@@ -136,6 +151,13 @@ class HomeTab:
             with self._lock:
                 batch, self._dirty = self._dirty, set()
                 self._scheduled = False
-            for team_id, user_id in sorted(batch):
-                self.publish(team_id, user_id)
-        return len(batch)
+                if self._closed:
+                    return 0
+            try:
+                done = list(self._pool.map(self._publish_unless_closed, sorted(batch)))
+            except (RuntimeError, CancelledError):  # closed meanwhile: the rest is dropped
+                return 0
+        return sum(done)
+
+    def _publish_unless_closed(self, key: tuple[str, str]) -> bool:
+        return not self._closed and self.publish(*key)

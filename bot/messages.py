@@ -113,7 +113,12 @@ def invite_dm(
         ButtonElement(text="Join the room", action_id=ACTION_JOIN, url=link, style="primary"),
     ]
     if is_owner:
-        buttons.append(ButtonElement(text="Extend 30 min", action_id=ACTION_EXTEND, value=room_id))
+        # The end the owner saw rides along: a double click extends once.
+        buttons.append(
+            ButtonElement(
+                text="Extend 30 min", action_id=ACTION_EXTEND, value=f"{room_id}|{expires_at}"
+            )
+        )
     return text, _blocks(
         SectionBlock(
             text=MarkdownTextObject(

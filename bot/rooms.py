@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends noth
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
 AMS_MARKER = "meetbot"
+MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
 
 # What a failed DM means for the person who opened the room.
 DM_FAILURE_REASONS = {
@@ -551,6 +552,11 @@ class Rooms:
         ok = self.revoke(room_id, actor=user_id, reason=f"ended by <@{user_id}>")
         if ok:
             self._tell(response_url, f"Ended *{messages.escape(room.topic or 'the room')}*.")
+        elif (now := self.store.room(room_id)) is not None and (
+            now.state != RoomState.ACTIVE or now.lease_owner is not None
+        ):
+            # Not claimed: a double click, or the sweep, is ending it right now.
+            self._tell(response_url, f"Room `{room_id}` has already ended (or is ending now).")
         else:
             self._tell(
                 response_url,
@@ -580,46 +586,109 @@ class Rooms:
 
     def _revoke_claimed(self, room_id: str, *, actor: str, reason: str) -> bool:
         try:
-            try:
-                self.ams.stop_room(room_id)
-            except AmsNotFound:
-                pass
-            self.ams.delete_room(room_id)  # False: already gone, which is what we want
+            self._end_on_ams(room_id)
         except AmsError as e:
             self._revoke_failed(room_id, e)
             return False
         return self._mark_revoked(room_id, actor=actor, reason=reason)
 
+    def _end_on_ams(self, room_id: str) -> None:
+        """Stop and delete the room on AMS; returns once AMS confirmed it gone.
+
+        The AMS half of a revoke, and all the sweep's AMS threads do: no
+        database, no hooks. Raises ``AmsError`` when AMS did not confirm.
+        """
+        try:
+            self.ams.stop_room(room_id)
+        except AmsNotFound:
+            pass
+        self.ams.delete_room(room_id)  # False: already gone, which is what we want
+
     def _mark_revoked(self, room_id: str, *, actor: str, reason: str) -> bool:
         """The database half of a revoke: state, grants, and the edits owed."""
+        return bool(self._mark_revoked_many([room_id], actor=actor, reason=reason))
+
+    def _mark_revoked_many(self, room_ids: Sequence[str], *, actor: str, reason: str) -> list[Room]:
+        """The database half of revokes AMS confirmed, for many rooms in one transaction.
+
+        Rooms, grants, the edits owed (outbox) and one audit row per room are
+        written together; then the hooks run once for the batch (one
+        ``on_change`` per workspace with everyone involved). Only rooms still
+        active are recorded, so a room is never revoked (or audited) twice.
+        Returns the rooms this call revoked.
+        """
+        if not room_ids:
+            return []
         t = self.now()
+        rooms: list[Room] = []
+        people: dict[str, dict[str, None]] = {}  # team -> owners and grantees, in order
         with self.store.write() as tx:
-            room = tx.get(Room, room_id)
-            if room is None:  # deleted behind our back: nothing left to record
-                return False
-            room.state = RoomState.REVOKED
-            room.ended_at = t
-            room.end_reason = reason[:200]
-            room.lease_owner = None
-            room.lease_until = None
-            grants = list(tx.scalars(select(Grant).where(Grant.room_id == room_id)))
-            for g in grants:
-                if g.revoked_at is None:
-                    g.revoked_at = t
-                if g.dm_ts:
-                    tx.add(self._dm_edit(room, g, "ended"))
+            for i in range(0, len(room_ids), MARK_CHUNK):
+                rooms += self._mark_revoked_in(tx, room_ids[i : i + MARK_CHUNK], t, reason, people)
+            for room in rooms:
+                self.store.audit(
+                    tx, "revoke", actor=actor, team_id=room.team_id, room_id=room.id, reason=reason
+                )
+        for room in rooms:
+            log.info("room %s revoked (%s)", room.id, reason)
+            self._event("revoked")
+        self._people_changed(people)
+        for room in rooms:
+            self._hook(self.on_revoked, room)
+        if rooms and self.outbox:
+            self.outbox.kick()
+        return rooms
+
+    def _mark_revoked_in(
+        self,
+        tx: Any,
+        room_ids: Sequence[str],
+        t: int,
+        reason: str,
+        people: dict[str, dict[str, None]],
+    ) -> list[Room]:
+        """``_mark_revoked_many`` for up to ``MARK_CHUNK`` rooms, inside ``tx``."""
+        rooms = list(
+            tx.scalars(
+                select(Room)
+                .where(Room.id.in_(room_ids), Room.state == RoomState.ACTIVE)
+                .with_for_update()
+            )
+        )
+        if not rooms:
+            return []
+        ids = [r.id for r in rooms]
+        tx.execute(
+            update(Room)
+            .where(Room.id.in_(ids), Room.state == RoomState.ACTIVE)
+            .values(
+                state=RoomState.REVOKED,
+                ended_at=t,
+                end_reason=reason[:200],
+                lease_owner=None,
+                lease_until=None,
+            ),
+            execution_options={"synchronize_session": "evaluate"},
+        )
+        by_id = {r.id: r for r in rooms}
+        grants = list(tx.scalars(select(Grant).where(Grant.room_id.in_(ids)).order_by(Grant.id)))
+        tx.execute(
+            update(Grant)
+            .where(Grant.room_id.in_(ids), Grant.revoked_at.is_(None))
+            .values(revoked_at=t),
+            execution_options={"synchronize_session": "evaluate"},
+        )
+        for room in rooms:
+            people.setdefault(room.team_id, {})[room.owner_id] = None
+        for g in grants:
+            room = by_id[g.room_id]
+            people[room.team_id][g.user_id] = None
+            if g.dm_ts:
+                tx.add(self._dm_edit(room, g, "ended"))
+        for room in rooms:
             if room.channel_ts:
                 tx.add(self._outbox(room, "card_update", room.channel_id))
-            self.store.audit(
-                tx, "revoke", actor=actor, team_id=room.team_id, room_id=room_id, reason=reason
-            )
-        log.info("room %s revoked (%s)", room_id, reason)
-        self._event("revoked")
-        self.room_changed(room_id)
-        self._hook(self.on_revoked, room)
-        if self.outbox:
-            self.outbox.kick()
-        return True
+        return rooms
 
     def end_workspace(self, team_id: str, *, reason: str) -> int:
         """The app left a workspace: end every room of it on AMS.
@@ -651,15 +720,25 @@ class Rooms:
             room_id, actor="reconcile", reason="the room disappeared from the video server"
         )
 
-    def _revoke_failed(self, room_id: str, e: AmsError) -> None:
-        log.warning("revoking room %s failed on AMS: %s", room_id, e)
+    def _revoke_failed(self, room_id: str, e: Exception) -> None:
+        self._revoke_failed_many([(room_id, e)])
+
+    def _revoke_failed_many(self, failures: Sequence[tuple[str, Exception]]) -> None:
+        """Rooms AMS did not confirm gone: each stays due, with its backoff, in one
+        transaction; the lease goes, so a later sweep (or replica) retries them."""
+        if not failures:
+            return
+        for room_id, e in failures:
+            log.warning("revoking room %s failed on AMS: %s", room_id, e)
+        t = self.now()
         with self.store.write() as tx:
-            room = tx.get(Room, room_id)
-            if room is not None:
-                room.attempts = (room.attempts or 0) + 1
-                room.next_attempt_at = self.now() + min(15 * 2 ** (room.attempts - 1), 600)
-                room.lease_owner = None
-                room.lease_until = None
+            ids = [room_id for room_id, _ in failures]
+            for i in range(0, len(ids), MARK_CHUNK):
+                for room in tx.scalars(select(Room).where(Room.id.in_(ids[i : i + MARK_CHUNK]))):
+                    room.attempts = (room.attempts or 0) + 1
+                    room.next_attempt_at = t + min(15 * 2 ** (room.attempts - 1), 600)
+                    room.lease_owner = None
+                    room.lease_until = None
 
     # -- expiry sweep ---------------------------------------------------------
     def lease_s(self) -> int:
@@ -671,28 +750,57 @@ class Rooms:
     def sweep_expired(self, *, max_batches: int = 200) -> int:
         """Revoke every room past its end that nobody else is revoking.
 
-        Rooms are claimed in batches (a lease each, see ``Store.claim_due_rooms``)
-        and revoked ``ams_concurrency`` at a time. A room AMS refuses to delete
-        stays due, with a backoff, and is retried by a later sweep.
+        Rooms are claimed in small batches (a lease each, see
+        ``Store.claim_due_rooms``) and stopped and deleted on AMS
+        ``ams_concurrency`` at a time. The next batch is claimed while a pool's
+        worth of work is still queued, so AMS is never left idle waiting for a
+        batch's slowest room. The AMS threads only call AMS; this thread records
+        the rooms AMS confirmed gone in bulk (``_mark_revoked_many``: one
+        transaction and one App Home refresh per batch). A room AMS refuses to
+        delete stays due, with a backoff, and is retried by a later sweep.
+        At most ``max_batches × 4 × ams_concurrency`` rooms per call.
         """
+        concurrency = self.settings.ams_concurrency
+        # Small claims: what one replica claims, others cannot take, and a claimed
+        # room waits behind at most three pools' worth of revokes (its lease).
+        batch = concurrency * 2
+        record = concurrency * 4  # rooms per bulk write (one transaction)
+        budget = max_batches * concurrency * 4
+        pool = self._ams_pool()
+        running: dict[Future[None], str] = {}
+        gone: list[str] = []
+        failed: list[tuple[str, Exception]] = []
         done = 0
-        # Small batches: what one replica claims, others cannot take, and a
-        # batch is finished at AMS speed (``ams_concurrency`` calls at once).
-        batch = self.settings.ams_concurrency * 4
-        for _ in range(max_batches):
-            claimed = self.store.claim_due_rooms(
-                self.owner, at=self.now(), lease=self.lease_s(), limit=batch
-            )
-            if not claimed:
+        more = True
+        while True:
+            if more and budget > 0 and len(running) <= concurrency:
+                claimed = self.store.claim_due_rooms(
+                    self.owner, at=self.now(), lease=self.lease_s(), limit=min(batch, budget)
+                )
+                budget -= len(claimed)
+                more = len(claimed) == batch
+                for room in claimed:
+                    running[pool.submit(self._end_on_ams, room.id)] = room.id
+            if not running:
                 break
-            results = self._ams_pool().map(
-                lambda r: self._revoke_claimed(r.id, actor="scheduler", reason="time is up"),
-                claimed,
-            )
-            done += sum(1 for ok in results if ok)
-            if len(claimed) < batch:
-                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                room_id = running.pop(future)
+                try:
+                    future.result()
+                except Exception as e:  # AmsError; anything else is logged the same way
+                    failed.append((room_id, e))
+                else:
+                    gone.append(room_id)
+            if len(gone) + len(failed) >= record or not running:
+                done += self._record_sweep(gone, failed)
+                gone, failed = [], []
         return done
+
+    def _record_sweep(self, gone: list[str], failed: list[tuple[str, Exception]]) -> int:
+        """Record a sweep's batch: rooms AMS confirmed gone, and rooms it did not."""
+        self._revoke_failed_many(failed)
+        return len(self._mark_revoked_many(gone, actor="scheduler", reason="time is up"))
 
     def _ams_pool(self) -> ThreadPoolExecutor:
         if self._ams_executor is None:
@@ -941,6 +1049,16 @@ class Rooms:
             self.on_change(room.team_id, users)
         except Exception:
             log.exception("on_change hook failed for room %s", room_id)
+
+    def _people_changed(self, people: dict[str, dict[str, None]]) -> None:
+        """``on_change`` once per workspace for many rooms (team → users); never raises."""
+        if self.on_change is None:
+            return
+        for team_id, users in people.items():
+            try:
+                self.on_change(team_id, list(users))
+            except Exception:
+                log.exception("on_change hook failed for %d people", len(users))
 
     def _event(self, name: str) -> None:
         if self.on_event:

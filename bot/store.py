@@ -39,8 +39,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 
 SQLITE_BUSY_TIMEOUT_S = 15
+SQLITE_ANALYSIS_LIMIT = 1000  # rows ANALYZE samples per index: quick at any size
 
 
 class Base(DeclarativeBase):
@@ -321,6 +324,32 @@ class Store:
         from alembic import command
 
         command.upgrade(alembic_config(self.engine), "head")
+        if self.is_sqlite:
+            self.optimize()
+
+    def optimize(self) -> None:
+        """SQLite only: give the query planner table statistics (PostgreSQL keeps its own).
+
+        SQLite has none until ANALYZE runs, and without them it may plan a join
+        from the wrong table. ``PRAGMA optimize`` (bounded by ``analysis_limit``)
+        analyzes what is missing or stale; before SQLite 3.46 it only looks at
+        tables this connection has queried, so a database that holds rooms but
+        no statistics for them is analyzed here outright.
+        """
+        if not self.is_sqlite:
+            return
+        with self.engine.connect() as c:
+            c.exec_driver_sql(f"PRAGMA analysis_limit={SQLITE_ANALYSIS_LIMIT}")
+            analyzed = (
+                c.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").first()
+                and c.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_stat1 WHERE tbl IN ('rooms', 'grants') LIMIT 1"
+                ).first()
+            )
+            if not analyzed and c.exec_driver_sql("SELECT 1 FROM grants LIMIT 1").first():
+                c.exec_driver_sql("ANALYZE")
+            c.exec_driver_sql("PRAGMA optimize=0x10002")
+            c.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -344,13 +373,23 @@ class Store:
             return list(s.scalars(q))
 
     def rooms_invited(self, team_id: str, user_id: str) -> list[Room]:
-        """Active rooms where the user holds an unrevoked grant (owner's included)."""
+        """Active rooms where the user holds an unrevoked grant (owner's included).
+
+        Driven from the person's grants (``ix_grants_team_user``), each room then
+        looked up by its key: the cost follows the person's grants, not the
+        database. SQLite without statistics would rather walk every active room
+        of every workspace through ``ix_rooms_state_expires``; ``+rooms.state``
+        (SQLite's documented way to keep a term off an index) rules that out.
+        """
+        state: Any = Room.state
+        if self.is_sqlite:
+            state = UnaryExpression(Room.state, operator=operators.custom_op("+"), type_=String())
         with self.read() as s:
             q = (
                 select(Room)
                 .join(Grant, Grant.room_id == Room.id)
                 .where(Grant.team_id == team_id, Grant.user_id == user_id)
-                .where(Grant.revoked_at.is_(None), Room.state == RoomState.ACTIVE)
+                .where(Grant.revoked_at.is_(None), state == RoomState.ACTIVE)
                 .order_by(Room.expires_at)
             )
             return list(s.scalars(q))

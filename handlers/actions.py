@@ -48,7 +48,7 @@ def register(app: App, services: Services) -> None:
     def extend_clicked(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
         team, user = _who(body)
-        room_id = _text(action.get("value"))
+        room_id, _, seen_end = _text(action.get("value")).partition("|")
         if team and user and room_id:
             services.submit(
                 services.rooms.extend,
@@ -57,6 +57,7 @@ def register(app: App, services: Services) -> None:
                 user,
                 EXTEND_BUTTON_S,
                 body.get("response_url"),
+                expect_expires_at=int(seen_end) if seen_end.isdigit() else None,
                 reply_to=body.get("response_url"),
             )
 

@@ -239,6 +239,7 @@ def register(app: App, services: Services) -> None:
     # Room changes (open, end, extend, kick; from any thread) republish the
     # Homes of the people concerned, coalesced, off the ack path.
     services.rooms.on_change = tab.changed
+    services.on_stop.append(tab.close)
 
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any], body: dict[str, Any]) -> None:

@@ -269,3 +269,61 @@ def test_new_room_modal_from_home_opens_a_room_with_the_card_in_my_dm(bot, sende
     assert card
     view = wait_for(lambda: (v := home_of(slack, ALICE)) and "is open until" in notice(v) and v)
     assert f"home:own:{room['streamId']}" in block_ids(view)
+
+
+# -- coalescing, without a server --------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the store, the schedules and the gateway: no rooms; records publishes."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.published: list[str] = []
+
+    def open_rooms_of(self, team, user):
+        return []
+
+    def rooms_invited(self, team, user):
+        return []
+
+    def list_all(self, team):
+        return []
+
+    def publish_home(self, user, view):
+        assert view["type"] == "home"
+        time.sleep(self.latency)
+        self.published.append(user)
+
+
+def test_a_burst_of_changes_publishes_each_home_once_and_close_drops_the_rest():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.home_tab import HomeTab
+
+    fake = _Recorder()
+    pool = ThreadPoolExecutor(4)
+    tab = HomeTab(fake, fake, fake, pool.submit, debounce=0.1)
+    for _ in range(50):
+        tab.changed(TEAM, [ALICE, BOB])
+        tab.changed(TEAM, [BOB, CAROL])
+    wait_for(lambda: len(fake.published) >= 3)
+    time.sleep(0.3)
+    assert sorted(fake.published) == sorted([ALICE, BOB, CAROL])
+
+    # A change during a slow publish is published again afterwards, never lost.
+    fake.latency = 0.2
+    tab.changed(TEAM, [ALICE])
+    time.sleep(0.15)
+    tab.changed(TEAM, [ALICE])
+    wait_for(lambda: fake.published.count(ALICE) == 3)
+
+    # Closing drops what is pending: shutdown never waits for Homes.
+    fake.published.clear()
+    tab.changed(TEAM, [f"U{i:08d}" for i in range(40)])
+    tab.close()
+    started = time.monotonic()
+    pool.shutdown(wait=True)
+    assert time.monotonic() - started < 1.0
+    assert len(fake.published) <= 4
+    tab.changed(TEAM, [ALICE])  # after close: ignored, no error

@@ -173,27 +173,6 @@ def test_the_link_survives_a_stream_secret_rotation(start_bot, slack, ams):
     settle()
 
 
-def test_a_restart_with_a_new_stream_secret_keeps_links_working(start_bot, slack, ams, tmp_path):
-    """Without MEETBOT_SECRET_KEY the id is keyed by SLACK_SIGNING_SECRET: same story."""
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    first = start_bot(PORT=str(port), MEETBOT_PUBLIC_URL=public)
-    room_id = open_room(first, slack)
-    link = join_link(slack, BOB)
-    assert get(link).status_code == 302
-    settle()
-    first.terminate()
-
-    new_secret = "rotated-stream-secret-0123456789-0123456789"
-    ams.set_stream_secret(new_secret)
-    start_bot(PORT=str(port), MEETBOT_PUBLIC_URL=public, AMS_JWT_SECRET=new_secret)
-    r = get(link)
-    assert r.status_code == 302, r.text
-    ok, why = ams.check_join(room_id, token_of(r.headers["Location"]))
-    assert ok, why
-    settle()
-
-
 # -- the pages in a real browser ------------------------------------------------------
 CHROMIUM_FLAGS = [
     "--headless",
@@ -294,6 +273,4 @@ def test_the_ended_page_renders_in_chromium(start_bot, slack, ams, tmp_path):
     assert "This meeting has ended" in dom.stdout
     assert "/meet" in dom.stdout and "new room" in dom.stdout
 
-    unknown = chromium(tmp_path, "--dump-dom", link[:-4] + "AAAA")
-    assert "This link isn’t valid" in unknown.stdout and "Get my link" in unknown.stdout
     settle()
