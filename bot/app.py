@@ -32,6 +32,7 @@ from bot import reconcile as ams_reconcile
 from bot.ams import AmsClient, AmsError, AmsManagement, is_enterprise
 from bot.calls import CALL_JOIN_PREFIX, HOOK_PREFIX, SlackCalls, handle_hook
 from bot.config import Settings
+from bot.http import json_response
 from bot.joinlinks import JOIN_PREFIX, handle_join
 from bot.logs import correlation_id, with_correlation
 from bot.metrics import Metrics, Readiness
@@ -337,19 +338,6 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
     return app
 
 
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(
-        status,
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-            ("Cache-Control", "no-store"),
-        ],
-    )
-    return [data]
-
-
 def _slack_signed(secret: str, environ: dict[str, Any], body: bytes) -> bool:
     """Slack's v0 signature over the raw bytes, with a timestamp inside the window.
 
@@ -544,11 +532,13 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
         except ValueError:
             length = -1
         if length < 0:
-            return _json(start_response, "400 Bad Request", {"error": "bad Content-Length"})
+            return json_response(start_response, "400 Bad Request", {"error": "bad Content-Length"})
         if length > MAX_BODY_BYTES:
-            return _json(start_response, "413 Payload Too Large", {"error": "body too large"})
+            return json_response(
+                start_response, "413 Payload Too Large", {"error": "body too large"}
+            )
         if path == "/healthz" and method == "GET":
-            return _json(start_response, "200 OK", {"ok": True})
+            return json_response(start_response, "200 OK", {"ok": True})
         if path == "/metrics" and method == "GET":
             data, content_type = services.metrics.render()
             start_response(
@@ -562,7 +552,9 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
             return [data]
         if path == "/readyz" and method == "GET":
             ready, body = readiness.check()
-            return _json(start_response, "200 OK" if ready else "503 Service Unavailable", body)
+            return json_response(
+                start_response, "200 OK" if ready else "503 Service Unavailable", body
+            )
         if path.startswith(CALL_JOIN_PREFIX) and services.calls is not None:
             return services.calls.handle_join(environ, start_response)
         if path.startswith(HOOK_PREFIX):
@@ -576,7 +568,7 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
                 secret = services.settings.slack_signing_secret or ""
                 refused = _check_slack_post(environ, length, secret)
                 if refused is not None:
-                    return _json(start_response, refused[0], {"error": refused[1]})
+                    return json_response(start_response, refused[0], {"error": refused[1]})
             with with_correlation():
                 try:
                     if bolt_app is not None and "meetbot.slack_fields" in environ:
@@ -584,8 +576,10 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
                     return slack_handler(environ, start_response)
                 except Exception as e:  # Bolt building its request from odd fields
                     log.warning("refused a Slack request Bolt could not read: %r", e)
-                    return _json(start_response, "400 Bad Request", {"error": "malformed request"})
-        return _json(start_response, "404 Not Found", {"error": "not found"})
+                    return json_response(
+                        start_response, "400 Bad Request", {"error": "malformed request"}
+                    )
+        return json_response(start_response, "404 Not Found", {"error": "not found"})
 
     return application
 

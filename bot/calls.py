@@ -50,6 +50,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot import messages
 from bot.config import Settings
+from bot.http import json_response, path_secret_ok
 from bot.joinlinks import PAGES, _page
 from bot.notify import SlackGateway, SlackSendError, UserInfo, acting_for
 from bot.store import Grant, Room, RoomState, Store
@@ -277,15 +278,6 @@ def _redirect(
     return [b""]
 
 
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(
-        status,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *_HEADERS],
-    )
-    return [data]
-
-
 def _method_not_allowed(start_response: Callable[..., Any], allow: str) -> list[bytes]:
     data = b"method not allowed\n"
     start_response(
@@ -307,13 +299,6 @@ def _cookie_value(environ: dict[str, Any]) -> str | None:
         return None
     morsel = jar.get(COOKIE)
     return morsel.value if morsel is not None else None
-
-
-def _path_secret_ok(given: str, expected: str | None) -> bool:
-    """Constant-time comparison of the URL's secret; False when none is configured."""
-    if not expected:
-        return False
-    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
 # -- the service ------------------------------------------------------------------------
@@ -732,8 +717,8 @@ def handle_hook(
     Calls thread.
     """
     given = environ.get("PATH_INFO", "")[len(HOOK_PREFIX) :]
-    if not _path_secret_ok(given, settings.webhook_secret):
-        return _json(start_response, "404 Not Found", {"error": "not found"})
+    if not path_secret_ok(given, settings.webhook_secret):
+        return json_response(start_response, "404 Not Found", {"error": "not found"})
     if environ.get("REQUEST_METHOD") != "POST":
         return _method_not_allowed(start_response, "POST")
     try:
@@ -741,7 +726,7 @@ def handle_hook(
     except ValueError:
         length = -1
     if length < 0 or length > MAX_HOOK_BODY:
-        return _json(start_response, "400 Bad Request", {"error": "bad body length"})
+        return json_response(start_response, "400 Bad Request", {"error": "bad body length"})
     raw = environ["wsgi.input"].read(length) if length else b""
     ctype = str(environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
     try:
@@ -753,7 +738,9 @@ def handle_hook(
     except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
-        return _json(start_response, "400 Bad Request", {"error": "expected AMS's hook body"})
+        return json_response(
+            start_response, "400 Bad Request", {"error": "expected AMS's hook body"}
+        )
     action, stream_id = body.get("action"), body.get("id")
     room_hint = body.get("mainTrackId") or body.get("roomId")
     ours = False
@@ -765,4 +752,4 @@ def handle_hook(
     ):
         ours = calls.stream_event(action, stream_id, room_hint)
     log.debug("AMS hook %s for a stream%s", action, "" if ours else " (ignored)")
-    return _json(start_response, "200 OK", {"ok": True})
+    return json_response(start_response, "200 OK", {"ok": True})

@@ -18,7 +18,6 @@ an unknown route (404). Tokens arrive in the body and are never logged.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ import jwt
 from sqlalchemy import select
 
 from bot import messages
+from bot.http import json_response, path_secret_ok
 from bot.store import Grant, Room, RoomState
 from bot.tokens import new_jti
 
@@ -103,27 +103,6 @@ def _own_participant_stream(stream_id: str, room_id: str, claims: dict[str, Any]
     return stream_id.startswith(prefix) and re.fullmatch(r"[0-9a-f]{24}", tail) is not None
 
 
-def _reply(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(
-        status,
-        [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(data))),
-            ("Cache-Control", "no-store"),
-        ],
-    )
-    return [data]
-
-
-def _path_secret_ok(given: str, expected: str | None) -> bool:
-    """Constant-time comparison of the URL's secret; False when none is configured."""
-    if not expected:
-        return False
-    # PATH_INFO is a latin-1 decoded str in WSGI: back to its bytes, never a TypeError.
-    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
-
-
 def handle_webhook(
     rooms: Rooms, environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterable[bytes]:
@@ -135,16 +114,16 @@ def handle_webhook(
     out, which is the safe side.
     """
     given = environ.get("PATH_INFO", "")[len(WEBHOOK_PREFIX) :]
-    if not _path_secret_ok(given, rooms.settings.webhook_secret):
-        return _reply(start_response, "404 Not Found", {"error": "not found"})
+    if not path_secret_ok(given, rooms.settings.webhook_secret):
+        return json_response(start_response, "404 Not Found", {"error": "not found"})
     if environ.get("REQUEST_METHOD") != "POST":
-        return _reply(start_response, "405 Method Not Allowed", {"error": "POST only"})
+        return json_response(start_response, "405 Method Not Allowed", {"error": "POST only"})
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
         length = -1
     if length < 0 or length > MAX_WEBHOOK_BODY:
-        return _reply(start_response, "400 Bad Request", {"error": "bad body length"})
+        return json_response(start_response, "400 Bad Request", {"error": "bad body length"})
     raw = environ["wsgi.input"].read(length) if length else b""
     try:
         body = json.loads(raw)
@@ -153,18 +132,18 @@ def handle_webhook(
     stream_id = body.get("streamId") if isinstance(body, dict) else None
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(stream_id, str) or not stream_id or not isinstance(token, str):
-        return _reply(start_response, "400 Bad Request", {"error": "expected AMS's JSON"})
+        return json_response(start_response, "400 Bad Request", {"error": "expected AMS's JSON"})
     mode = body.get("mode") if isinstance(body.get("mode"), str) else "?"
     try:
         ok, reason = authorize(rooms, stream_id, token)
     except Exception as e:  # database down, no current secret: refuse, say why in the log
         log.error("auth webhook could not decide for room %s: %s", stream_id, type(e).__name__)
-        return _reply(start_response, "503 Service Unavailable", {"allowed": False})
+        return json_response(start_response, "503 Service Unavailable", {"allowed": False})
     if ok:
         log.debug("auth webhook: %s in room %s (%s)", reason, stream_id, mode)
-        return _reply(start_response, "200 OK", {"allowed": True})
+        return json_response(start_response, "200 OK", {"allowed": True})
     log.info("auth webhook refused %s in room %s: %s", mode, stream_id, reason)
-    return _reply(start_response, "403 Forbidden", {"allowed": False})
+    return json_response(start_response, "403 Forbidden", {"allowed": False})
 
 
 # -- /meet kick -------------------------------------------------------------------------

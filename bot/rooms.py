@@ -572,6 +572,12 @@ class Rooms:
         replicas) never work on it at once. It is marked revoked only once AMS
         confirms the room is gone; otherwise it stays due with a backoff.
         """
+        if not self._claim(room_id):
+            return False
+        return self._revoke_claimed(room_id, actor=actor, reason=reason)
+
+    def _claim(self, room_id: str) -> bool:
+        """Take an active room nobody holds, for one revoke (a lease, see ``lease_s``)."""
         t = self.now()
         with self.store.write() as tx:
             claimed = tx.execute(
@@ -580,9 +586,7 @@ class Rooms:
                 .where(or_(Room.lease_until.is_(None), Room.lease_until < t))
                 .values(lease_owner=self.owner, lease_until=t + self.lease_s())
             ).rowcount
-        if not claimed:
-            return False
-        return self._revoke_claimed(room_id, actor=actor, reason=reason)
+        return bool(claimed)
 
     def _revoke_claimed(self, room_id: str, *, actor: str, reason: str) -> bool:
         try:
@@ -706,15 +710,7 @@ class Rooms:
 
     def mark_vanished(self, room_id: str) -> bool:
         """A room that is active here but gone from AMS: end it here too, tell people."""
-        t = self.now()
-        with self.store.write() as tx:
-            claimed = tx.execute(
-                update(Room)
-                .where(Room.id == room_id, Room.state == RoomState.ACTIVE)
-                .where(or_(Room.lease_until.is_(None), Room.lease_until < t))
-                .values(lease_owner=self.owner, lease_until=t + self.lease_s())
-            ).rowcount
-        if not claimed:
+        if not self._claim(room_id):
             return False
         return self._mark_revoked(
             room_id, actor="reconcile", reason="the room disappeared from the video server"
