@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -710,4 +710,40 @@ def healthcheck(url: str | None, timeout: float) -> None:
 
 
 #: Registered on ``meetbot`` by ``bot/cli.py``.
-COMMANDS: list[click.Command] = [doctor, rooms, link, db, healthcheck]
+@click.command("reconcile")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def reconcile_now(as_json: bool) -> None:
+    """Compare AMS's rooms with the database now (the bot does it every
+    MEETBOT_RECONCILE_INTERVAL): remove rooms marked as meetbot's that the
+    database does not know or knows as ended, and end rooms gone from AMS."""
+    import time as _time
+
+    from bot.reconcile import reconcile
+
+    settings = _settings()
+    _quiet_logging(settings)
+    ops = build_ops(settings)
+
+    def walk(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        items = list(items)
+        if as_json or not items:
+            yield from items
+            return
+        with click.progressbar(items, label="Checking rooms on AMS", file=sys.stderr) as bar:
+            yield from bar
+
+    try:
+        with _database_errors(settings):
+            out = reconcile(
+                ops.store, ops.rooms.ams, ops.rooms, now=int(_time.time()), progress=walk
+            )
+            sent, left = send_owed_edits(ops, out.vanished, progress=False)
+    finally:
+        ops.close()
+    if as_json:
+        click.echo(json.dumps({"seen": out.seen, "removed": out.deleted, "ended": out.vanished}))
+    else:
+        click.echo(str(out))
+
+
+COMMANDS: list[click.Command] = [doctor, rooms, link, db, healthcheck, reconcile_now]

@@ -12,7 +12,9 @@ never touched: they are someone else's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
@@ -61,13 +63,22 @@ def claim(store: Store, owner: str, now: int, interval: int) -> bool:
     return bool(taken)
 
 
-def reconcile(store: Store, ams: AmsClient, rooms: Rooms, *, now: int) -> Outcome:
-    """One full pass. AMS errors end the pass early; the next turn tries again."""
+def reconcile(
+    store: Store,
+    ams: AmsClient,
+    rooms: Rooms,
+    *,
+    now: int,
+    progress: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] | None = None,
+) -> Outcome:
+    """One full pass. AMS errors end the pass early; the next turn tries again.
+
+    ``progress`` wraps the list of the bot's rooms on AMS (the CLI's progress bar).
+    """
     out = Outcome()
     on_ams: set[str] = set()
-    for broadcast in ams.iter_rooms():
-        if not is_ours(broadcast):
-            continue
+    ours = [b for b in ams.iter_rooms() if is_ours(b)]
+    for broadcast in progress(ours) if progress else ours:
         room_id = str(broadcast.get("streamId") or "")
         if not room_id:
             continue

@@ -302,3 +302,24 @@ def test_link_signs_with_the_stored_secret_when_secrets_are_stored(monkeypatch, 
     token = result.stdout.strip().split("token=", 1)[1].split("&", 1)[0]
     assert jwt.decode(token, stored, algorithms=["HS256"])["sub"] == ALICE
     assert stored not in result.output
+
+
+def test_reconcile_command_removes_a_stray_bot_room(tmp_path, ams, slack):
+    """`meetbot reconcile` does now what the bot does every few minutes."""
+    from click.testing import CliRunner
+
+    from bot.ams import AmsClient
+    from bot.cli import main
+    from bot.rooms import ams_marker
+    from tests.conftest import bot_env
+
+    env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db")
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+    client = AmsClient(ams.url, "Conference")
+    client.create_room("stray-room", "left behind", 0, 0, metadata=ams_marker("T0001"))
+    client.create_room("not-ours", "someone else's", 0, 0)
+    result = runner.invoke(main, ["reconcile", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert '"removed": ["stray-room"]' in result.output
+    assert set(ams.broadcasts) == {"not-ours"}
