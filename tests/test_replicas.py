@@ -29,7 +29,7 @@ def open_rooms(sender, slack, n):
         r = sender.command(f"room{i} <@{BOB}>", user_id=f"UREQ{i:04d}")
         keys.append(r.response_key)
     for key in keys:
-        wait_for(lambda k=key: any("is open" in t for t in response_texts(slack, k)), timeout=30)
+        wait_for(lambda k=key: any("is open" in t for t in response_texts(slack, k)), timeout=60)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_three_replicas_revoke_each_room_once(start_bot, postgres_url, slack, am
         lambda: len([r for r in db_rows(postgres_url, "rooms") if r["state"] == "active"]) == n,
         timeout=30,
     )
-    wait_for(lambda: all(r["channel_ts"] for r in db_rows(postgres_url, "rooms")), timeout=30)
+    wait_for(lambda: all(r["channel_ts"] for r in db_rows(postgres_url, "rooms")), timeout=60)
     ams.latency = 0.05  # make the sweeps overlap
     db_exec(postgres_url, "UPDATE rooms SET expires_at = :t", t=int(time.time()) - 1)
     wait_for(
@@ -63,7 +63,7 @@ def test_three_replicas_revoke_each_room_once(start_bot, postgres_url, slack, am
             (c.args["channel"], c.args["ts"]) for c in slack.calls_to("chat.update") if c.ok
         )
 
-    wait_for(lambda: len(updates()) == 3 * n, timeout=30)
+    wait_for(lambda: len(updates()) == 3 * n, timeout=60)
     time.sleep(2.5)  # more sweeps on every replica: still nothing twice
     assert set(updates().values()) == {1}
     assert rooms_on_ams(ams) == []
@@ -81,7 +81,7 @@ def test_a_replica_killed_mid_sweep_loses_and_doubles_nothing(
     sender = sender_for(victim, slack)
     n = 8
     open_rooms(sender, slack, n)
-    wait_for(lambda: all(r["channel_ts"] for r in db_rows(postgres_url, "rooms")), timeout=30)
+    wait_for(lambda: all(r["channel_ts"] for r in db_rows(postgres_url, "rooms")), timeout=60)
     ams.latency = 0.4  # one room takes ~0.8 s to revoke: the kill lands mid-sweep
     db_exec(postgres_url, "UPDATE rooms SET expires_at = :t", t=int(time.time()) - 1)
     wait_for(
