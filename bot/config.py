@@ -400,6 +400,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "print(Fernet.generate_key().decode())')"
         )
     management = bool(admin_email and admin_password) or bool(server_jwt_secret)
+    if client_id and client_secret and bot_token is None and secret_key is None:
+        r.problem(
+            "MEETBOT_SECRET_KEY is required with SLACK_CLIENT_ID and SLACK_CLIENT_SECRET "
+            "(it encrypts each workspace's bot token in the database)"
+        )
     if secret_max_age > 0:
         if secret_key is None:
             r.problem(

@@ -11,6 +11,7 @@ would otherwise do the refresh).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from typing import Any
@@ -32,6 +33,53 @@ STATE_EXPIRATION_S = 600
 ROTATE_BEFORE_MIN = 120
 
 
+_TOKEN_FIELDS = ("bot_token", "bot_refresh_token", "user_token", "user_refresh_token")
+_ENC = "enc:"
+
+
+class EncryptedInstallationStore(SQLAlchemyInstallationStore):
+    """slack_sdk's SQLAlchemy installation store, with the tokens Fernet-encrypted.
+
+    Bot tokens are secrets like any other: they must not sit in the database in
+    clear. Values are encrypted on the way in (once: already-encrypted values
+    are left alone, as ``save`` also calls ``save_bot``) and decrypted on the
+    way out.
+    """
+
+    def __init__(self, *args: Any, vault: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._vault = vault
+
+    def _sealed(self, obj: Any) -> Any:
+        out = copy.copy(obj)
+        for name in _TOKEN_FIELDS:
+            value = getattr(out, name, None)
+            if isinstance(value, str) and value and not value.startswith(_ENC):
+                setattr(out, name, _ENC + self._vault.encrypt(value))
+        return out
+
+    def _opened(self, obj: Any) -> Any:
+        if obj is None:
+            return None
+        for name in _TOKEN_FIELDS:
+            value = getattr(obj, name, None)
+            if isinstance(value, str) and value.startswith(_ENC):
+                setattr(obj, name, self._vault.decrypt(value[len(_ENC) :]))
+        return obj
+
+    def save(self, installation: Any) -> None:
+        super().save(self._sealed(installation))
+
+    def save_bot(self, bot: Any) -> None:
+        super().save_bot(self._sealed(bot))
+
+    def find_bot(self, **kwargs: Any) -> Bot | None:
+        return self._opened(super().find_bot(**kwargs))
+
+    def find_installation(self, **kwargs: Any) -> Any:
+        return self._opened(super().find_installation(**kwargs))
+
+
 class Workspaces:
     """Bot tokens by workspace, from the environment or from installations."""
 
@@ -48,8 +96,14 @@ class Workspaces:
             # that must start IMMEDIATE, or a concurrent writer makes it fail
             # at once with "database is locked" (see bot/store.py).
             engine = engine.execution_options(meetbot_write=True)
-            self.installation_store = SQLAlchemyInstallationStore(
-                client_id=settings.slack_client_id, engine=engine, logger=log
+            from bot.stream_secret import Vault
+
+            assert settings.secret_key  # config requires it with OAuth
+            self.installation_store = EncryptedInstallationStore(
+                client_id=settings.slack_client_id,
+                engine=engine,
+                logger=log,
+                vault=Vault(settings.secret_key),
             )
             self.state_store = SQLAlchemyOAuthStateStore(
                 expiration_seconds=STATE_EXPIRATION_S, engine=engine, logger=log

@@ -140,8 +140,21 @@ def test_blank_values_count_as_unset() -> None:
 
 
 def test_oauth_replaces_the_bot_token() -> None:
-    s = load_settings(env(SLACK_BOT_TOKEN=None, SLACK_CLIENT_ID="1.2", SLACK_CLIENT_SECRET="cs"))
+    key = Fernet.generate_key().decode()
+    s = load_settings(
+        env(
+            SLACK_BOT_TOKEN=None,
+            SLACK_CLIENT_ID="1.2",
+            SLACK_CLIENT_SECRET="cs",
+            MEETBOT_SECRET_KEY=key,
+        )
+    )
     assert s.oauth_enabled and s.slack_bot_token is None
+
+
+def test_oauth_needs_a_key_to_encrypt_the_bot_tokens() -> None:
+    msg = one_problem(SLACK_BOT_TOKEN=None, SLACK_CLIENT_ID="1.2", SLACK_CLIENT_SECRET="cs")
+    assert msg.startswith("MEETBOT_SECRET_KEY is required with SLACK_CLIENT_ID")
 
 
 def test_bot_token_required_without_oauth() -> None:

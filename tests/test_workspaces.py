@@ -7,6 +7,7 @@ from pathlib import Path
 
 import requests
 import yaml
+from cryptography.fernet import Fernet
 
 from bot.sim.slack import SlackSender
 from bot.workspaces import BOT_SCOPES
@@ -15,6 +16,7 @@ from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
 
 CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret-abc"
 T1, T2 = "T0001", "T0002"
+SECRET_KEY = Fernet.generate_key().decode()
 ERIN, FRED = "UERIN002", "UFRED002"  # members of the second workspace
 
 
@@ -41,7 +43,10 @@ def oauth_bot(start_bot, slack):
     slack.add_user(ERIN, "erin")
     slack.add_user(FRED, "fred")
     return start_bot(
-        SLACK_BOT_TOKEN="", SLACK_CLIENT_ID=CLIENT_ID, SLACK_CLIENT_SECRET=CLIENT_SECRET
+        SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=CLIENT_ID,
+        SLACK_CLIENT_SECRET=CLIENT_SECRET,
+        MEETBOT_SECRET_KEY=SECRET_KEY,
     )
 
 
@@ -53,6 +58,10 @@ def test_install_two_workspaces_and_keep_them_apart(start_bot, slack, ams):
         assert done.status_code == 200, done.text
     installed = {r["team_id"] for r in db_rows(url, "slack_installations")}
     assert installed == {T1, T2}
+    # The workspaces' bot tokens are stored encrypted, never in clear.
+    stored = str(db_rows(url, "slack_installations")) + str(db_rows(url, "slack_bots"))
+    for token in slack.workspaces:
+        assert token not in stored
 
     one = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T1, double=slack)
     two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
@@ -122,7 +131,10 @@ def test_enterprise_grid_org_install_is_keyed_by_the_enterprise(start_bot, slack
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace("T0003", enterprise_id="E0001")
     bot = start_bot(
-        SLACK_BOT_TOKEN="", SLACK_CLIENT_ID=CLIENT_ID, SLACK_CLIENT_SECRET=CLIENT_SECRET
+        SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=CLIENT_ID,
+        SLACK_CLIENT_SECRET=CLIENT_SECRET,
+        MEETBOT_SECRET_KEY=SECRET_KEY,
     )
     url = bot.env["DATABASE_URL"]
     page = requests.get(bot.url + "/slack/install", timeout=5)
