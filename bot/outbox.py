@@ -11,8 +11,10 @@ next sends the row. Retries happen here, never in the HTTP client, because
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -22,15 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.logs import ContextThreadPoolExecutor, with_correlation
-from bot.notify import SlackGateway, SlackSendError, acting_for
+from bot.notify import SLACK_TIMEOUT_S, SlackGateway, SlackSendError, acting_for
 from bot.store import Outbox, OutboxState, Store, now
 
 log = logging.getLogger("meetbot.outbox")
 
 LEASE_S = 30
 MAX_ATTEMPTS = 8
-CHANNEL_GAP_S = 1.05  # Slack: about one message per second per channel
-MAX_INLINE_WAIT_S = 2.0
+CHANNEL_GAP_S = 1.01  # Slack: about one message per second per channel
+MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held (below)
+INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
+SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
 FANOUT_KINDS = ("dm_link", "room_card")
 
 
@@ -82,8 +86,13 @@ class OutboxWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_ok: dict[str, float] = {}
+        self._next_ok: dict[str, float] = {}  # channel -> next slot free to reserve
+        self._send_floor: dict[str, float] = {}  # channel -> earliest start of its next post
+        self._quickest: float | None = None  # the shortest chat.postMessage round trip seen
         self._pace_lock = threading.Lock()
+        # Paced posts waiting for their slot, off the worker threads: (due, row id, row).
+        self._held: list[tuple[float, int, Outbox]] = []
+        self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
         self._watch_lock = threading.Lock()
         self.on_result: Callable[[str, str], None] | None = None  # (kind, outcome) for metrics
@@ -117,13 +126,46 @@ class OutboxWorker:
 
     # -- loop -----------------------------------------------------------
     def _run(self) -> None:
+        starved = False
         while not self._stop.is_set():
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(self._until_next(starved))
             self._wake.clear()
             try:
+                starved = self._release_held()
                 self.drain_once()
             except Exception:  # the loop must survive a database hiccup
                 log.exception("outbox pass failed")
+
+    def _until_next(self, starved: bool) -> float:
+        """How long the loop may sleep: until the next poll or the next held post's slot.
+
+        ``starved``: a held post is due but every worker is busy; a worker that
+        finishes wakes the loop, so there is no slot to wait for meanwhile.
+        """
+        with self._held_lock:
+            if starved or not self._held:
+                return self.poll_interval
+            return max(0.0, min(self.poll_interval, self._held[0][0] - time.monotonic()))
+
+    def _hold(self, row: Outbox, due: float) -> None:
+        """Keep a paced post (still leased to us) in memory until ``due`` (monotonic)."""
+        with self._held_lock:
+            heapq.heappush(self._held, (due, row.id, row))
+        self._wake.set()
+
+    def _release_held(self) -> bool:
+        """Hand the held posts whose slot has come to free workers, first in slot order.
+
+        True when one is due but no worker is free (a worker finishing wakes the loop).
+        """
+        while True:
+            with self._held_lock:
+                if not self._held or self._held[0][0] > time.monotonic():
+                    return False
+                if not self._slots.acquire(blocking=False):
+                    return True
+                _, _, row = heapq.heappop(self._held)
+            self._pool.submit(self._send_and_release, row, True)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -146,9 +188,9 @@ class OutboxWorker:
             self._wake.set()  # more may be waiting
         return len(rows)
 
-    def _send_and_release(self, row: Outbox) -> None:
+    def _send_and_release(self, row: Outbox, held: bool = False) -> None:
         try:
-            self.send(row)
+            self.send(row, held=held, may_hold=True)
         except Exception:
             log.exception("outbox row %s failed unexpectedly", row.id)
         finally:
@@ -156,20 +198,26 @@ class OutboxWorker:
             self._wake.set()
 
     # -- one row ---------------------------------------------------------
-    def send(self, row: Outbox) -> None:
+    def send(self, row: Outbox, *, held: bool = False, may_hold: bool = False) -> None:
+        """Render and send one claimed row now (or at its channel's paced slot).
+
+        ``may_hold``: a paced post may wait for its slot in memory (the worker's
+        loop sends it then) instead of on this thread. ``held``: it did, and its
+        slot is reserved.
+        """
         try:
             cid = json.loads(row.payload or "{}").get("cid")
         except ValueError:
             cid = None
         with acting_for(row.team_id, row.enterprise_id), with_correlation(cid):
-            self._send(row)
+            self._send(row, held=held, may_hold=may_hold)
 
-    def _send(self, row: Outbox) -> None:
+    def _send(self, row: Outbox, *, held: bool = False, may_hold: bool = False) -> None:
         rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        if row.kind == "dm_link" and row.attempts > 1:
+        if row.kind == "dm_link" and row.attempts > 1 and not held:
             # An earlier attempt may have been posted by a process that died
             # before recording it: look before sending again.
             try:
@@ -183,40 +231,94 @@ class OutboxWorker:
                 return
         # Slack's one-message-per-second-per-channel limit is for new posts;
         # edits (chat.update, Tier 3) are not paced per channel.
-        wait = 0.0 if rendered.edit_ts else self._pace(row.channel)
-        if wait > MAX_INLINE_WAIT_S:
-            self._retry(row, int(wait) + 1, "paced")
+        if not rendered.edit_ts and not self._paced(row, held=held, may_hold=may_hold):
             return
-        if wait > 0:
-            time.sleep(wait)
         try:
             if rendered.edit_ts:
                 channel, ts = self.slack.update(
                     row.channel, rendered.edit_ts, rendered.text, rendered.blocks
                 )
             else:
+                started = time.monotonic()
                 channel, ts = self.slack.post(
                     row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
                 )
+                self._posted(row.channel, started, time.monotonic())
         except SlackSendError as e:
             self._failed(row, e)
             return
         self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
         self._result(row.kind, "sent")
 
-    def _pace(self, channel: str) -> float:
-        """Reserve the channel's next send slot; return how long to wait for it."""
+    def _paced(self, row: Outbox, *, held: bool, may_hold: bool) -> bool:
+        """Wait for the channel's slot; True to post now, False if the row was put off.
+
+        A slot further off than a short sleep is waited for in memory
+        (``_hold``, the worker thread is freed) while the row's lease covers it;
+        beyond that the row goes back to the database until its slot.
+        """
+        if not held:
+            horizon = MAX_INLINE_WAIT_S
+            if may_hold:
+                horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
+            wait = self._pace(row.channel, horizon)
+            if wait > horizon:
+                self._retry_at(row, math.ceil(time.time() + wait), "paced")
+                return False
+            if wait > INLINE_SLEEP_S and may_hold:
+                self._hold(row, time.monotonic() + wait)
+                return False
+            if wait > 0:
+                time.sleep(wait)
+        # The reserved slot is when to start; this keeps two posts' actual starts a
+        # full gap apart however late a thread woke up for the first.
+        while (wait := self._start_post(row.channel)) > 0:
+            if wait > MAX_INLINE_WAIT_S:  # a 429 asked for longer
+                self._retry_at(row, math.ceil(time.time() + wait), "paced")
+                return False
+            time.sleep(wait)
+        return True
+
+    def _pace(self, channel: str, horizon: float = MAX_INLINE_WAIT_S) -> float:
+        """Reserve the channel's next send slot if it is within ``horizon`` seconds;
+        return how long to wait for it."""
         with self._pace_lock:
             t = time.monotonic()
             slot = max(t, self._next_ok.get(channel, 0.0))
-            if slot - t <= MAX_INLINE_WAIT_S:
+            if slot - t <= horizon:
                 self._next_ok[channel] = slot + CHANNEL_GAP_S
             return slot - t
+
+    def _posted(self, channel: str, started: float, ended: float) -> None:
+        """A post took longer than the quickest: Slack may have counted it late.
+
+        Where in a call Slack counts a post is unknown; at the latest it is when
+        the answer leaves. So the next post starts no earlier than a gap after
+        that, less the quickest round trip seen (the least it can take to be
+        counted): on time after a normal call, later after a slow one.
+        """
+        with self._pace_lock:
+            took = ended - started
+            self._quickest = took if self._quickest is None else min(self._quickest, took)
+            floor = ended + CHANNEL_GAP_S - self._quickest
+            if floor > self._send_floor.get(channel, 0.0):
+                self._send_floor[channel] = floor
+
+    def _start_post(self, channel: str) -> float:
+        """0 and the channel's post may start now (noted); else how long to wait."""
+        with self._pace_lock:
+            t = time.monotonic()
+            floor = self._send_floor.get(channel, 0.0)
+            if floor > t:
+                return floor - t
+            self._send_floor[channel] = t + CHANNEL_GAP_S
+            return 0.0
 
     def _failed(self, row: Outbox, e: SlackSendError) -> None:
         if e.retry_after is not None:
             with self._pace_lock:
                 self._next_ok[row.channel] = time.monotonic() + e.retry_after
+                self._send_floor[row.channel] = time.monotonic() + e.retry_after
             log.info(
                 "slack rate-limited %s to %s; retry in %ss", row.kind, row.channel, e.retry_after
             )
@@ -233,8 +335,12 @@ class OutboxWorker:
             self._retry(row, delay, e.error)
 
     def _retry(self, row: Outbox, delay: int, error: str) -> None:
+        self._retry_at(row, now() + delay, error)
+
+    def _retry_at(self, row: Outbox, at: int, error: str) -> None:
+        """Back to the database, due again at unix second ``at``."""
         self.store.finish_outbox(
-            row.id, self.owner, state=OutboxState.PENDING, error=error, retry_at=now() + delay
+            row.id, self.owner, state=OutboxState.PENDING, error=error, retry_at=at
         )
 
     def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
@@ -246,14 +352,13 @@ class OutboxWorker:
         with self._watch_lock:
             cb = self._watchers.get(room_id)
         if cb is None:
-            return
-        rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
-        if any(r.state == OutboxState.PENDING for r in rows):
+            return  # nobody waits on this room: no query
+        if self.store.outbox_pending(room_id, FANOUT_KINDS):
             return
         with self._watch_lock:
             if self._watchers.pop(room_id, None) is None:
                 return  # another thread reported it
-        cb(rows)
+        cb([r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS])
 
     def _result(self, kind: str, outcome: str) -> None:
         if self.on_result:

@@ -54,6 +54,7 @@ CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
 AMS_MARKER = "meetbot"
 MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
+RECORD_WITHIN_S = 1.0  # the sweep records a revoke AMS confirmed within about this
 
 # What a failed DM means for the person who opened the room.
 DM_FAILURE_REASONS = {
@@ -629,10 +630,9 @@ class Rooms:
         with self.store.write() as tx:
             for i in range(0, len(room_ids), MARK_CHUNK):
                 rooms += self._mark_revoked_in(tx, room_ids[i : i + MARK_CHUNK], t, reason, people)
-            for room in rooms:
-                self.store.audit(
-                    tx, "revoke", actor=actor, team_id=room.team_id, room_id=room.id, reason=reason
-                )
+            self.store.audit_many(
+                tx, "revoke", actor=actor, rooms=[(r.team_id, r.id) for r in rooms], reason=reason
+            )
         for room in rooms:
             log.info("room %s revoked (%s)", room.id, reason)
             self._event("revoked")
@@ -675,12 +675,17 @@ class Rooms:
             execution_options={"synchronize_session": "evaluate"},
         )
         by_id = {r.id: r for r in rooms}
-        grants = list(tx.scalars(select(Grant).where(Grant.room_id.in_(ids)).order_by(Grant.id)))
+        # Plain rows, not Grant objects: only what the edits and the App Home need.
+        grants = tx.execute(
+            select(Grant.id, Grant.room_id, Grant.user_id, Grant.dm_channel, Grant.dm_ts)
+            .where(Grant.room_id.in_(ids))
+            .order_by(Grant.id)
+        ).all()
         tx.execute(
             update(Grant)
             .where(Grant.room_id.in_(ids), Grant.revoked_at.is_(None))
             .values(revoked_at=t),
-            execution_options={"synchronize_session": "evaluate"},
+            execution_options={"synchronize_session": False},
         )
         for room in rooms:
             people.setdefault(room.team_id, {})[room.owner_id] = None
@@ -766,6 +771,7 @@ class Rooms:
         running: dict[Future[None], str] = {}
         gone: list[str] = []
         failed: list[tuple[str, Exception]] = []
+        since = 0.0  # when the oldest result not yet recorded came in
         done = 0
         more = True
         while True:
@@ -780,15 +786,24 @@ class Rooms:
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            if not gone and not failed:
+                since = time.monotonic()
             for future in finished:
                 room_id = running.pop(future)
                 try:
                     future.result()
-                except Exception as e:  # AmsError; anything else is logged the same way
+                except Exception as e:
+                    if not isinstance(e, AmsError):
+                        log.error("revoking room %s failed", room_id, exc_info=e)
                     failed.append((room_id, e))
                 else:
                     gone.append(room_id)
-            if len(gone) + len(failed) >= record or not running:
+            # In bulk, but never long after AMS answered (a slow AMS answers rarely).
+            if (
+                len(gone) + len(failed) >= record
+                or not running
+                or time.monotonic() - since >= RECORD_WITHIN_S
+            ):
                 done += self._record_sweep(gone, failed)
                 gone, failed = [], []
         return done

@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     or_,
     select,
     update,
@@ -412,6 +413,9 @@ class Store:
 
         A room is claimable when nobody holds a live lease on it; a worker that
         died leaves a lease that runs out, and the next sweep takes the room.
+        Rooms that end in the same second are taken owner by owner, so one
+        person's rooms end together and what they are told (their App Home)
+        is redrawn once, not once per room.
         """
         with self.write() as s:
             q = (
@@ -419,7 +423,7 @@ class Store:
                 .where(Room.state == RoomState.ACTIVE, Room.expires_at <= at)
                 .where(Room.next_attempt_at <= at)
                 .where(or_(Room.lease_until.is_(None), Room.lease_until < at))
-                .order_by(Room.expires_at)
+                .order_by(Room.expires_at, Room.team_id, Room.owner_id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
@@ -474,6 +478,17 @@ class Store:
         with self.read() as s:
             q = select(Outbox).where(Outbox.room_id == room_id).order_by(Outbox.id)
             return list(s.scalars(q))
+
+    def outbox_pending(self, room_id: str, kinds: Sequence[str]) -> bool:
+        """Whether any of the room's rows of these kinds is still to be sent."""
+        with self.read() as s:
+            q = (
+                select(Outbox.id)
+                .where(Outbox.room_id == room_id, Outbox.state == OutboxState.PENDING)
+                .where(Outbox.kind.in_(kinds))
+                .limit(1)
+            )
+            return s.scalar(q) is not None
 
     def pending_outbox_count(self) -> int:
         with self.read() as s:
@@ -538,6 +553,30 @@ class Store:
                 room_id=room_id,
                 detail=json.dumps(detail, sort_keys=True, default=str),
             )
+        )
+
+    @staticmethod
+    def audit_many(
+        s: Session,
+        action: str,
+        *,
+        actor: str,
+        rooms: Sequence[tuple[str | None, str]],
+        **detail: Any,
+    ) -> None:
+        """``audit`` for many rooms at once, ``(team_id, room_id)`` each: one INSERT."""
+        if not rooms:
+            return
+        at = now()
+        text = json.dumps(detail, sort_keys=True, default=str)
+        s.execute(
+            insert(Audit),
+            [
+                dict(
+                    at=at, team_id=team_id, actor=actor, action=action, room_id=room_id, detail=text
+                )
+                for team_id, room_id in rooms
+            ],
         )
 
     def audit_rows(self, room_id: str | None = None) -> Sequence[Audit]:

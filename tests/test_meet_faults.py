@@ -412,8 +412,13 @@ def test_reconciliation_removes_bot_rooms_the_database_does_not_know(start_bot, 
     db_exec(url, "DELETE FROM outbox")
     db_exec(url, "DELETE FROM rooms")
     wait_for(lambda: [b["streamId"] for b in rooms_on_ams(ams)] == ["not-ours"], timeout=10)
-    actions = [(a["action"], a["room_id"]) for a in db_rows(url, "audit")]
-    assert ("reconcile_delete", room["id"]) in actions
+    # The audit row is written just after AMS confirmed the delete.
+    wait_for(
+        lambda: (
+            ("reconcile_delete", room["id"])
+            in [(a["action"], a["room_id"]) for a in db_rows(url, "audit")]
+        )
+    )
 
 
 def test_reconciliation_ends_rooms_that_vanished_from_ams(start_bot, slack, ams):

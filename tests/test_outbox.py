@@ -109,3 +109,31 @@ def test_stop_hands_back_claimed_rows(store, slack):
     w.stop()
     (row,) = _all(store)
     assert row.state == OutboxState.PENDING and row.lease_owner is None
+
+
+def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, slack):
+    from tests.conftest import wait_for
+
+    slack.per_channel_rate = 1.0  # one post per second per channel, 429 past it
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), workers=1, owner="w3", lease=30, poll_interval=0.2)
+    w.start()
+    try:
+        for _ in range(3):
+            add_row(store, BOB)
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(BOB)) >= 1)
+        add_row(store, CAROL)
+        w.kick()
+        # The only worker is not asleep on BOB's next slots: CAROL's DM goes out meanwhile.
+        wait_for(lambda: len(slack.dms_to(CAROL)) == 1, timeout=0.9)
+        assert len(slack.dms_to(BOB)) == 1
+        wait_for(lambda: len(slack.dms_to(BOB)) == 3, timeout=10)
+    finally:
+        w.stop()
+    assert slack.ratelimited_count == 0
+    times = sorted(
+        c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == BOB
+    )
+    assert all(b - a >= 1.0 for a, b in zip(times, times[1:]))
+    assert times[-1] - times[0] < 2.5  # at their slots, not a whole poll or second later
