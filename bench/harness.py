@@ -28,6 +28,7 @@ import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
+from bot.sim.env import serve_env
 from bot.sim.slack import SlackDouble, SlackSender
 
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
@@ -272,26 +273,23 @@ def bot_env(
     ams: AmsDouble, slack: SlackDouble, database_url: str, port: int, **extra: str
 ) -> dict[str, str]:
     """The environment of ``meetbot serve`` pointed at the doubles (production log level)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k.startswith(("SLACK_", "AMS_", "MEETBOT_")) or k in ("DATABASE_URL", "PORT"))
+    settings = {
+        "AMS_TIMEOUT": "10",
+        "MEETBOT_LOG_LEVEL": "INFO",
+        "MEETBOT_MAX_OPEN_ROOMS_PER_USER": "1000",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **extra,
     }
-    env.update(
-        SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_SIGNING_SECRET=SIGNING_SECRET,
-        SLACK_API_URL=slack.api_url,
-        AMS_URL=ams.url,
-        AMS_JWT_SECRET=STREAM_SECRET,
-        AMS_TIMEOUT="10",
-        DATABASE_URL=database_url,
-        PORT=str(port),
-        MEETBOT_LOG_LEVEL="INFO",
-        MEETBOT_MAX_OPEN_ROOMS_PER_USER="1000",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    return serve_env(
+        ams,
+        slack,
+        database_url,
+        port=port,
+        bot_token=BOT_TOKEN,
+        signing_secret=SIGNING_SECRET,
+        stream_secret=STREAM_SECRET,
+        **settings,
     )
-    env.update(extra)
-    return env
 
 
 def meetbot(

@@ -23,6 +23,7 @@ import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
+from bot.sim.env import serve_env
 from bot.sim.slack import SlackDouble, SlackSender
 
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
@@ -161,24 +162,19 @@ class BotProcess:
 
 
 def bot_env(ams: AmsDouble, slack: SlackDouble, database_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k.startswith(("SLACK_", "AMS_", "MEETBOT_")) or k in ("DATABASE_URL", "PORT"))
-    }
-    env.update(
-        SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_SIGNING_SECRET=SIGNING_SECRET,
-        SLACK_API_URL=slack.api_url,
-        AMS_URL=ams.url,
-        AMS_JWT_SECRET=STREAM_SECRET,
-        AMS_TIMEOUT="1",
-        DATABASE_URL=database_url,
-        PORT=str(free_port()),
-        MEETBOT_LOG_LEVEL="DEBUG",
+    """``meetbot serve`` on the doubles, logging at DEBUG (so leaks would show) with a
+    short AMS timeout (so timeouts are quick to test)."""
+    settings = {"AMS_TIMEOUT": "1", "MEETBOT_LOG_LEVEL": "DEBUG", **extra}
+    return serve_env(
+        ams,
+        slack,
+        database_url,
+        port=free_port(),
+        bot_token=BOT_TOKEN,
+        signing_secret=SIGNING_SECRET,
+        stream_secret=STREAM_SECRET,
+        **settings,
     )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
