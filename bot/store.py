@@ -529,9 +529,34 @@ class Store:
                     .where(Grant.id == row.grant_id)
                     .values(dm_channel=channel, dm_ts=ts)
                 )
+                self._edit_if_ended(s, row, "dm_update", channel or row.channel)
             elif state == OutboxState.DONE and row.kind == "room_card" and row.room_id:
                 s.execute(update(Room).where(Room.id == row.room_id).values(channel_ts=ts))
+                self._edit_if_ended(s, row, "card_update", row.channel)
             return True
+
+    @staticmethod
+    def _edit_if_ended(s: Session, row: Outbox, kind: str, channel: str) -> None:
+        """A message that landed just as its room ended missed the revoke's edits
+        (its ts was not known yet): owe it the "ended" edit now."""
+        room = s.get(Room, row.room_id) if row.room_id else None
+        if room is None or room.state != RoomState.REVOKED:
+            return
+        s.add(
+            Outbox(
+                team_id=row.team_id,
+                enterprise_id=row.enterprise_id,
+                kind=kind,
+                room_id=row.room_id,
+                grant_id=row.grant_id,
+                channel=channel,
+                payload=json.dumps({"mode": "ended"}),
+                state=OutboxState.PENDING,
+                attempts=0,
+                not_before=0,
+                created_at=now(),
+            )
+        )
 
     # -- audit ----------------------------------------------------------
     @staticmethod
