@@ -26,8 +26,16 @@ _STREAM_ID_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 
 
 def new_room_id() -> str:
-    """An unguessable room id: 128 random bits in AMS's allowed alphabet."""
-    return secrets.token_urlsafe(16)
+    """An unguessable room id: 128 random bits in AMS's allowed alphabet.
+
+    Never starting with ``-`` or ``_``: an id like ``-x3f...`` would read as an
+    option to ``meetbot rooms end`` (and to most shells' tools), so one room in
+    32 could not be ended from the command line without ``--``.
+    """
+    while True:
+        room_id = secrets.token_urlsafe(16)
+        if room_id[0].isalnum():
+            return room_id
 
 
 def new_jti() -> str:

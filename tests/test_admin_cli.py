@@ -163,7 +163,7 @@ def test_rooms_end_when_ams_is_down_keeps_the_room_due(ops, slack, ams):
     # 503s rather than a stopped double: a freed port may be taken by another process.
     ams.fail_next(100, status=503, path_regex=rf"/broadcasts/{room_id}")
     result = cli("rooms", "end", room_id)
-    assert result.exit_code == 1
+    assert result.exit_code == 1, result.output
     assert "AMS did not confirm" in result.stdout
     assert ops.store.room(room_id).state == RoomState.ACTIVE
     assert room_id in ams.broadcasts

@@ -50,7 +50,11 @@ def test_three_replicas_revoke_each_room_once(start_bot, postgres_url, slack, am
         lambda: len([r for r in db_rows(postgres_url, "rooms") if r["state"] == "active"]) == n,
         timeout=30,
     )
+    # Every card and DM out before the rooms end: a DM still queued when its
+    # room ends is never sent (rightly), so there would be nothing to edit.
     wait_for(lambda: all(r["channel_ts"] for r in db_rows(postgres_url, "rooms")), timeout=60)
+    wait_for(lambda: all(g["dm_ts"] for g in db_rows(postgres_url, "grants")), timeout=60)
+    assert len(db_rows(postgres_url, "grants")) == 2 * n
     ams.latency = 0.05  # make the sweeps overlap
     db_exec(postgres_url, "UPDATE rooms SET expires_at = :t", t=int(time.time()) - 1)
     wait_for(
