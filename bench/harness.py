@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.env import serve_env
+from bot.sim.priority import NiceThreads
 from bot.sim.slack import SlackDouble, SlackSender
 
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
@@ -200,11 +201,24 @@ def wait_until(
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` from /proc, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise BenchFailure(f"no VmRSS for pid {pid}")
+    """Resident set size of ``pid`` and its child processes (meetbot's worker), in MiB."""
+    total = 0.0
+    for one in [pid, *_children_of(pid)]:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+                break
+        else:
+            raise BenchFailure(f"no VmRSS for pid {one}")
+    return total
+
+
+def _children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        out += [int(c) for c in children]
+    return out
 
 
 class Server:
@@ -217,6 +231,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_path = "/readyz"
 
     @property
     def pid(self) -> int:
@@ -236,12 +251,19 @@ class Server:
             if self.proc.poll() is not None:
                 raise BenchFailure(f"{self.argv} exited {self.proc.returncode}:\n{self.tail()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                if self._up():
                     return self
-            except requests.RequestException:
+            except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.05)
         raise BenchFailure(f"{self.argv} did not come up:\n{self.tail()}")
+
+    def _up(self) -> bool:
+        """Serving; for meetbot also its worker process ready (``/readyz`` says so)."""
+        if self.ready_path == "/healthz":
+            return requests.get(self.url + "/healthz", timeout=0.5).status_code == 200
+        r = requests.get(self.url + self.ready_path, timeout=5)
+        return "worker" not in r.json().get("reasons", {})
 
     def tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
@@ -312,9 +334,18 @@ def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
     )
 
 
+#: The doubles' handler threads' niceness; meetbot's worker process runs at 10.
+DOUBLES_NICENESS = 10
+
+
 @contextmanager
 def doubles(**slack_kw: Any) -> Iterator[tuple[AmsDouble, SlackDouble]]:
-    """Started AMS and Slack doubles on loopback, stopped on leaving (or by ``cleanup()``)."""
+    """Started AMS and Slack doubles on loopback, stopped on leaving (or by ``cleanup()``).
+
+    Their handler threads run at ``DOUBLES_NICENESS``: they stand in for AMS and
+    Slack, whose CPU a deployment spends on other machines (bot/sim/priority.py).
+    """
+    NiceThreads.niceness = DOUBLES_NICENESS
     ams = AmsDouble(stream_secret=STREAM_SECRET).start()
     on_cleanup(ams.stop)
     slack = SlackDouble(bot_token=BOT_TOKEN, team_id=TEAM, **slack_kw).start()

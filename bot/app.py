@@ -8,6 +8,7 @@ Slack listeners live in ``handlers/`` and are found through the
 from __future__ import annotations
 
 import contextvars
+import gc
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
+from bot.worker import HandOverError, WorkerDied, WorkerLink
 from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
 
 log = logging.getLogger("meetbot.app")
@@ -80,7 +82,13 @@ Listener = Callable[[App, "Services"], None]
 class Services:
     """Everything a listener may use, built once per process."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics_hook: Callable[[Metrics], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.owner = worker_id()
@@ -89,6 +97,8 @@ class Services:
         self.mgmt: AmsManagement | None = None
         self.rotating: RotatingSecret | None = None
         self.metrics = Metrics(self.store, clock=clock)
+        if metrics_hook is not None:  # before anything binds its hooks
+            metrics_hook(self.metrics)
         self.ams = AmsClient(
             settings.ams_url,
             settings.ams_app,
@@ -127,6 +137,10 @@ class Services:
         self.scheduler: Scheduler | None = None
         # Post-ack work: never Bolt's own small pool, never the request thread.
         self._background = ThreadPoolExecutor(max_workers=16, thread_name_prefix="work")
+        # Under `meetbot serve`, the worker process that runs it (bot/worker.py).
+        self.worker: WorkerLink | None = None
+        # Objects listeners make that handed-over calls may name (the App Home).
+        self.shared: dict[str, Any] = {}
         # Listeners' own cleanups (e.g. the App Home publisher): run first in stop(),
         # so work that can be dropped does not hold up the shutdown.
         self.on_stop: list[Callable[[], None]] = []
@@ -183,10 +197,60 @@ class Services:
         version, _ = self.rotating.current()
         return self.rooms.reissue_links(version)
 
+    def share(self, name: str, obj: Any) -> None:
+        """Let calls handed to the worker process name ``obj`` (made by a listener).
+
+        Listeners run in both processes, so each has its own object of that name.
+        """
+        self.shared[name] = obj
+
+    def portable_objects(self) -> dict[str, Any]:
+        """What crosses to the worker process by name, not by value (bot/worker.py)."""
+        objects: dict[str, Any] = {
+            "services": self,
+            "rooms": self.rooms,
+            "slack": self.slack,
+            "store": self.store,
+            "ams": self.ams,
+            "schedules": self.schedules,
+            "workspaces": self.workspaces,
+            "outbox": self.outbox,
+            "metrics": self.metrics,
+        }
+        if self.calls is not None:
+            objects["calls"] = self.calls
+        objects.update(self.shared)
+        return objects
+
+    def hand_over_to(self, worker: WorkerLink) -> None:
+        """This process answers Slack; ``worker`` does the work (see bot/worker.py)."""
+        self.worker = worker
+        self.outbox.elsewhere = worker.kick
+
     def submit(
         self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any
     ) -> Future[Any]:
-        """Run ``fn`` after the ack; exceptions are logged, never lost.
+        """Run ``fn`` after the ack, in the worker process when there is one.
+
+        The returned future says only that the work was handed over then.
+        """
+        if self.worker is not None and self.worker.alive:
+            try:
+                self.worker.call(fn, args, kwargs, reply_to)
+            except HandOverError as e:
+                # A listener handing over something that cannot travel by name:
+                # a bug, but the person who asked still gets their room.
+                log.error("ran %r here: it cannot go to the worker process (%s)", fn, e)
+            else:
+                done: Future[Any] = Future()
+                done.set_result(None)
+                return done
+        return self.submit_here(fn, *args, reply_to=reply_to, **kwargs)
+
+    def submit_here(
+        self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any
+    ) -> Future[Any]:
+        """Run ``fn`` after the ack in this process; exceptions are logged, never lost.
 
         ``reply_to``: the request's ``response_url``. If the work fails in a way
         nobody planned for (a database locked past its busy timeout, a bug),
@@ -457,8 +521,10 @@ def _element_ok(el: Any) -> bool:
 def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tuple[str, str] | None:
     """Read a POST to /slack/ once and refuse it, (status, error), unless Bolt can take it.
 
-    Leaves the same bytes in ``wsgi.input`` for Bolt, and the fields in
-    ``environ["meetbot.slack_fields"]`` when Bolt would misread them.
+    Leaves the same bytes in ``wsgi.input`` for Bolt, and the parsed fields in
+    ``environ["meetbot.slack_fields"]``: Bolt gets them rather than parsing the
+    body a second time (a third of the ack path's CPU, measured), and they are
+    right where Bolt would misread the body.
     """
     import io
 
@@ -478,7 +544,9 @@ def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tupl
         log.warning("refused a signed Slack request: malformed %s", problem)
         return "400 Bad Request", "malformed request"
     if misread:
-        environ["meetbot.slack_fields"] = payload
+        log.debug("a form body Bolt would read as a payload: dispatched with its fields")
+    environ["meetbot.slack_fields"] = payload
+    environ["meetbot.slack_body"] = body
     return None
 
 
@@ -500,7 +568,11 @@ def _is_ssl_check(body: bytes, content_type: str) -> bool:
 def _dispatch_fields(
     bolt_app: App, environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterable[bytes]:
-    """Dispatch a form body Bolt would misread (see ``_slack_payload``) with its real fields."""
+    """Dispatch a checked Slack POST with the fields ``_check_slack_post`` parsed.
+
+    Bolt's request is built around an empty body (nothing to parse), then given
+    the raw text (its own signature check reads it) and the fields.
+    """
     from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
     from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
     from slack_bolt.context import BoltContext
@@ -508,7 +580,8 @@ def _dispatch_fields(
     from slack_bolt.request.internals import build_context
 
     raw = WsgiHttpRequest(environ)
-    req = BoltRequest(body=raw.get_body(), query=raw.query_string, headers=raw.get_headers())
+    req = BoltRequest(body="", query=raw.query_string, headers=raw.get_headers())
+    req.raw_body = environ["meetbot.slack_body"].decode("utf-8")
     req.body = environ["meetbot.slack_fields"]
     req.context = build_context(BoltContext({}), req.body)
     resp = bolt_app.dispatch(req)
@@ -552,6 +625,10 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
             return [data]
         if path == "/readyz" and method == "GET":
             ready, body = readiness.check()
+            worker = services.worker.problem() if services.worker is not None else None
+            if worker is not None:  # calls would wait (starting) or be lost (stopped)
+                ready = False
+                body = {"ready": False, "reasons": {**body.get("reasons", {}), "worker": worker}}
             return json_response(
                 start_response, "200 OK" if ready else "503 Service Unavailable", body
             )
@@ -610,13 +687,20 @@ def serve(
     host: str = "0.0.0.0",  # noqa: S104 - a service listens on all interfaces
     ready: threading.Event | None = None,
 ) -> None:
-    """Run the bot until SIGTERM/SIGINT: HTTP mode, or Socket Mode with SLACK_APP_TOKEN."""
+    """Run the bot until SIGTERM/SIGINT: HTTP mode, or Socket Mode with SLACK_APP_TOKEN.
+
+    This process answers Slack; a worker process it starts does the work that
+    follows each ack, the outbox and the scheduler (bot/worker.py says why).
+    Raises WorkerDied, after stopping, if the worker ended first.
+    """
     import waitress
 
     services = Services(settings)
     services.store.migrate()
     services.prepare_secret()
     warn_about_ams_edition(services.ams)
+    worker = WorkerLink(settings, services)
+    services.hand_over_to(worker)
     bolt_app = build_bolt_app(services)
     socket_handler = None
     if not settings.http_mode:
@@ -630,13 +714,18 @@ def serve(
         try:
             socket_handler.connect()
         except Exception as e:
+            worker.stop()
             services.stop()
             raise SocketModeError(
                 f"Socket Mode could not connect to Slack ({type(e).__name__}: {e}); "
                 "check SLACK_APP_TOKEN (an xapp- token with connections:write)"
             ) from None
         log.info("Socket Mode connected; health checks on port %s", settings.port)
-    services.start()
+    # Everything built so far lives as long as the process: keep it out of the
+    # cyclic collector's full passes, which would otherwise walk it (several ms,
+    # paid by whichever request is running then; seen in the ack p99).
+    gc.collect()
+    gc.freeze()
     server = waitress.create_server(
         wsgi_app(services, bolt_app if settings.http_mode else None),
         host=host,
@@ -653,6 +742,10 @@ def serve(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    # A dead worker stops the front too: the supervisor then restarts both.
+    worker.on_death = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    if worker.died.is_set():
+        worker.on_death()
     if ready is not None:
         ready.set()
     try:
@@ -664,5 +757,8 @@ def serve(
         server.task_dispatcher.shutdown(timeout=5)
         if socket_handler is not None:
             socket_handler.close()
+        worker.stop()
         services.stop()
         log.info("stopped")
+    if worker.died.is_set():
+        raise WorkerDied(f"the worker process ended (exit code {worker.process.exitcode})")

@@ -35,6 +35,7 @@ def serve(host: str) -> None:
     from bot.app import SocketModeError
     from bot.app import serve as run
     from bot.stream_secret import StreamSecretError
+    from bot.worker import WorkerDied
 
     try:
         run(settings, host=host)
@@ -43,7 +44,7 @@ def serve(host: str) -> None:
         # problem, reported like one.
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(2)
-    except SocketModeError as e:
+    except (SocketModeError, WorkerDied) as e:
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(1)
 

@@ -113,6 +113,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "cid": None if cid == "-" else cid,
+            # `meetbot serve` is two processes (bot/worker.py) writing one stream.
+            "pid": record.process,
         }
         if record.exc_text:
             data["exc"] = record.exc_text

@@ -14,6 +14,7 @@ exactly like a real one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
@@ -200,7 +201,7 @@ def handle_new_room(ack: Ack, body: dict[str, Any], services: Services, tab: Hom
             invitees=tuple(u for u in invitees if u != user),
             duration=duration,
             enterprise_id=enterprise,
-            notify=lambda text: tab.notice(team, user, text),
+            notify=functools.partial(tab.notice, team, user),
         ),
     )
 
@@ -240,6 +241,7 @@ def register(app: App, services: Services) -> None:
     # Homes of the people concerned, coalesced, off the ack path.
     services.rooms.on_change = tab.changed
     services.on_stop.append(tab.close)
+    services.share("home_tab", tab)  # handed-over calls name it (bot/worker.py)
 
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any], body: dict[str, Any]) -> None:

@@ -134,9 +134,11 @@ class BotProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"meetbot serve exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                # Up, and its worker process ready (AMS may be down on purpose).
+                r = requests.get(self.url + "/readyz", timeout=5)
+                if "worker" not in r.json().get("reasons", {}):
                     return self
-            except requests.RequestException:
+            except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.05)
         raise AssertionError(f"meetbot serve did not come up:\n{self.log()}")
@@ -195,6 +197,9 @@ def start_bot(
     yield start
     for bot in started:
         bot.terminate()
+    for bot in started:
+        # Every call a listener hands over must travel to the worker process by name.
+        assert "cannot go to the worker process" not in bot.log(), bot.log()[-3000:]
 
 
 @pytest.fixture

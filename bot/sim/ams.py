@@ -40,6 +40,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
+from bot.sim.priority import NiceThreads
+
 __all__ = [
     "COMMUNITY_EDITION",
     "DEFAULT_ADMIN_EMAIL",
@@ -315,7 +317,7 @@ def _settings_type_error(name: str, value: Any) -> str | None:
     return None if ok else f"{name} must be a {type(default).__name__}"
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(NiceThreads, ThreadingHTTPServer):
     """ThreadingHTTPServer that can be stopped without waiting on slow handlers.
 
     ``block_on_close`` is off so ``server_close()`` does not join handler threads

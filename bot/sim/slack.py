@@ -47,6 +47,8 @@ from zoneinfo import ZoneInfo
 import requests
 from slack_sdk.signature import SignatureVerifier
 
+from bot.sim.priority import NiceThreads
+
 __all__ = [
     "DEFAULT_SCOPES",
     "Call",
@@ -447,7 +449,7 @@ def _with_ids(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # The Web API double
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(NiceThreads, ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256

@@ -1,0 +1,139 @@
+"""`meetbot serve` as two processes: the front answers Slack, the worker does the work.
+
+Calls cross by name (bot/worker.py); these check that they arrive as the other
+process's objects, that the two processes live and die together, and that a
+stop finishes what was handed over.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.rooms import OpenRequest
+from bot.worker import HandOverError, dumps, loads
+from tests.conftest import ALICE, BOB, sender_for, wait_for
+from tests.helpers import db_rows, dm_links, rooms_on_ams
+
+
+class Named:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.heard: list[str] = []
+
+    def notice(self, team: str, user: str, text: str) -> None:
+        self.heard.append(f"{self.label}:{team}:{user}:{text}")
+
+
+def module_level(named: Named, value: int) -> str:
+    return f"{named.label}:{value}"
+
+
+def test_named_objects_arrive_as_the_other_process_s():
+    front = {"services": Named("front"), "home_tab": Named("front-tab")}
+    worker = {"services": Named("worker"), "home_tab": Named("worker-tab")}
+    req = OpenRequest(
+        team_id="T1",
+        user_id=ALICE,
+        channel_id=ALICE,
+        topic="standup",
+        invitees=(BOB,),
+        notify=functools.partial(front["home_tab"].notice, "T1", ALICE),
+    )
+    message = ("call", module_level, (front["services"], 3), {"req": req})
+    kind, fn, args, kwargs = loads(dumps(message, front), worker)
+    assert kind == "call" and fn is module_level
+    assert args[0] is worker["services"]
+    assert fn(*args) == "worker:3"
+    arrived = kwargs["req"]
+    assert arrived == req  # the plain values, as they were
+    arrived.notify("opened")
+    assert worker["home_tab"].heard == [f"worker-tab:T1:{ALICE}:opened"]
+    assert front["home_tab"].heard == []
+    # A bound method of a named object is that object's method over there.
+    method = loads(dumps(front["home_tab"].notice, front), worker)
+    assert method.__self__ is worker["home_tab"]
+
+
+def test_what_cannot_travel_by_name_is_refused_at_the_front():
+    with pytest.raises(HandOverError):
+        dumps(("call", lambda: None, (), {}), {})
+    tab = Named("x")
+    with pytest.raises(Exception, match="no object named 'tab'"):
+        loads(dumps(tab.notice, {"tab": tab}), {})
+
+
+def _worker_pid(bot) -> int:
+    """The front names its worker in the log (multiprocessing has a helper process too)."""
+    (pid,) = re.findall(r"worker process (\d+) ready", bot.log())
+    assert bot.proc is not None and _alive(int(pid))
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_work_after_the_ack_runs_in_the_worker_process(start_bot, slack, ams):
+    bot = start_bot(MEETBOT_LOG_FORMAT="json")
+    sender = sender_for(bot, slack)
+    worker = _worker_pid(bot)
+    r = sender.command(f"standup <@{BOB}>", user_id=ALICE)
+    assert r.status_code == 200
+    wait_for(lambda: dm_links(slack, ALICE) and dm_links(slack, BOB))
+    (room_id,) = [b["streamId"] for b in rooms_on_ams(ams)]
+    wait_for(lambda: f"room {room_id} opened" in bot.log())
+    lines = [json.loads(x) for x in bot.log().splitlines() if x.startswith("{")]
+    (opened,) = [x for x in lines if x["msg"].startswith(f"room {room_id} opened")]
+    assert opened["pid"] == worker != bot.proc.pid
+    # ... under the correlation id of the request the front acked.
+    front_lines = [x for x in lines if x["pid"] == bot.proc.pid and x["cid"] == opened["cid"]]
+    assert front_lines, "the front logged nothing under the /meet's correlation id"
+    assert "cannot go to the worker process" not in bot.log()
+    # /metrics, served by the front, counts what the worker did.
+    # (The worker sends what it observed twice a second.)
+    sent = 'meetbot_slack_sends_total{kind="dm_link",outcome="sent"} 2.0'
+    metrics = wait_for(
+        lambda: (t := requests.get(bot.url + "/metrics", timeout=5).text) and sent in t and t
+    )
+    assert 'meetbot_room_events_total{event="created"} 1.0' in metrics
+
+
+def test_a_killed_front_takes_its_worker_with_it(bot):
+    worker = _worker_pid(bot)
+    bot.kill()  # SIGKILL: a crash, no goodbye to the worker
+    wait_for(lambda: not _alive(worker), timeout=10)
+
+
+def test_a_dead_worker_stops_the_front_with_exit_code_1(bot):
+    worker = _worker_pid(bot)
+    os.kill(worker, signal.SIGKILL)
+    assert bot.proc.wait(timeout=30) == 1
+    assert "the worker process ended" in bot.log()
+
+
+def test_sigterm_finishes_the_handed_over_work_then_both_stop(bot, sender, slack, ams, tmp_path):
+    worker = _worker_pid(bot)
+    ams.latency = 0.5  # the create is still running when the signal comes
+    r = sender.command(f"standup <@{BOB}>", user_id=ALICE)
+    assert r.status_code == 200
+    time.sleep(0.1)
+    assert bot.terminate(timeout=30) == 0
+    assert not _alive(worker)
+    # Done before the stop, not left behind: the room is open, both DMs went out.
+    assert len(rooms_on_ams(ams)) == 1
+    (room,) = db_rows(f"sqlite:///{tmp_path / 'meetbot.db'}", "rooms")
+    assert room["state"] == "active"
+    assert dm_links(slack, ALICE) and dm_links(slack, BOB)
