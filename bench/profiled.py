@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _profiles: list[tuple[str, cProfile.Profile]] = []
 _lock = threading.Lock()
@@ -81,20 +83,36 @@ def report(directory: Path, limit: int = 25) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    out = Path(os.environ["MEETBOT_BENCH_PROFILE"])
+def _profile(out: Path, run: Callable[[], object]) -> None:
     threading.setprofile(_on_thread_start)
     main_prof = cProfile.Profile(_TIMER)
     with _lock:
         _profiles.append(("MainThread", main_prof))
     main_prof.enable()
-    from bot.cli import main as cli
-
     try:
-        cli(args=sys.argv[1:], standalone_mode=False)
+        run()
     finally:
         threading.setprofile(None)  # type: ignore[arg-type]
         dump(out)
+
+
+def profiled_worker_main(settings: Any, conn: Any) -> None:
+    """meetbot's worker process, profiled into ``<dir>/worker`` (see ``main``)."""
+    from bot.worker import worker_main
+
+    out = Path(os.environ["MEETBOT_BENCH_PROFILE"]) / "worker"
+    _profile(out, lambda: worker_main(settings, conn))
+
+
+def main() -> None:
+    out = Path(os.environ["MEETBOT_BENCH_PROFILE"])
+    import bot.worker
+    from bot.cli import main as cli
+
+    # The worker process is spawned with this function instead (picklable by
+    # name), so it is profiled too: its groups land in the subdirectory `worker`.
+    bot.worker.worker_main = profiled_worker_main  # type: ignore[assignment]
+    _profile(out, lambda: cli(args=sys.argv[1:], standalone_mode=False))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ thread (a few people in parallel, for large rooms): a Home rendered earlier
 can never be published after one rendered later, so the last view Slack holds
 reflects the newest state. On shutdown (``close``) what is not yet published is
 dropped: the next ``app_home_opened`` draws it anyway.
+
+Only the Homes of people who have opened the tab at least once
+(``Store.home_viewers``) are republished on a change: for the others there is
+nothing on screen to keep current, and their first ``app_home_opened`` draws
+the Home from scratch.
 """
 
 from __future__ import annotations
@@ -113,6 +118,14 @@ class HomeTab:
             max_ttl=self.max_ttl,
         )
 
+    def opened(self, team_id: str, user_id: str) -> bool:
+        """``app_home_opened``: from now on keep this Home current; draw it now."""
+        try:
+            self.store.home_opened(team_id, user_id)
+        except Exception:  # the database: still draw the Home
+            log.exception("could not record that %s opened their Home", user_id)
+        return self.publish(team_id, user_id)
+
     def publish(self, team_id: str, user_id: str) -> bool:
         """Render and ``views.publish`` one person's Home now; False if Slack refused."""
         try:
@@ -153,11 +166,29 @@ class HomeTab:
                 self._scheduled = False
                 if self._closed:
                     return 0
+            batch = self._watched(batch)
             try:
                 done = list(self._pool.map(self._publish_unless_closed, sorted(batch)))
             except (RuntimeError, CancelledError):  # closed meanwhile: the rest is dropped
                 return 0
         return sum(done)
+
+    def _watched(self, batch: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The part of ``batch`` whose Home someone has seen (or has a notice waiting)."""
+        teams: dict[str, list[str]] = {}
+        for team, user in batch:
+            teams.setdefault(team, []).append(user)
+        keep: set[tuple[str, str]] = set()
+        with self._lock:
+            keep.update(key for key in batch if key in self._notices)
+        for team, users in teams.items():
+            try:
+                viewers = self.store.home_viewers(team, users)
+            except Exception:  # the database: refresh them all rather than none
+                log.exception("could not read who has opened their Home")
+                viewers = set(users)
+            keep.update((team, u) for u in viewers)
+        return keep
 
     def _publish_unless_closed(self, key: tuple[str, str]) -> bool:
         return not self._closed and self.publish(*key)

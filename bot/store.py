@@ -253,6 +253,22 @@ class Occurrence(Base):
     )
 
 
+class HomeViewer(Base):
+    """Someone who has opened the bot's App Home: only their Home is kept current.
+
+    Slack shows the last view published to a person when they open the tab,
+    and ``app_home_opened`` draws it afresh anyway; refreshing the Home of
+    everyone a room concerns would spend ``views.publish`` (Tier 4) and CPU on
+    people who never look (half of a mass expiry's CPU, measured).
+    """
+
+    __tablename__ = "home_viewers"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    opened_at: Mapped[int] = mapped_column(BigInteger)
+
+
 def normalise_url(url: str) -> str:
     """Map the URLs people paste to the driver meetbot ships (psycopg 3)."""
     for prefix in ("postgres://", "postgresql://"):
@@ -362,6 +378,27 @@ class Store:
             if room is None or (team_id is not None and room.team_id != team_id):
                 return None
             return room
+
+    def home_opened(self, team_id: str, user_id: str) -> None:
+        """Remember that this person has looked at their App Home."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.write() as s:
+                if s.get(HomeViewer, (team_id, user_id)) is None:
+                    s.add(HomeViewer(team_id=team_id, user_id=user_id, opened_at=now()))
+        except IntegrityError:  # two opens at once on PostgreSQL: the other one wrote it
+            pass
+
+    def home_viewers(self, team_id: str, user_ids: Sequence[str]) -> set[str]:
+        """Which of these people have ever opened their App Home."""
+        if not user_ids:
+            return set()
+        with self.read() as s:
+            q = select(HomeViewer.user_id).where(
+                HomeViewer.team_id == team_id, HomeViewer.user_id.in_(list(user_ids))
+            )
+            return set(s.scalars(q))
 
     def open_rooms_of(self, team_id: str, user_id: str) -> list[Room]:
         with self.read() as s:

@@ -250,7 +250,7 @@ def register(app: App, services: Services) -> None:
         user = _text(event.get("user"))
         team = _text(body.get("team_id")) or _text((event.get("view") or {}).get("team_id"))
         if user and team:
-            services.submit(tab.publish, team, user)
+            services.submit(tab.opened, team, user)
 
     @app.action(home.ACTION_NEW_ROOM)
     def new_room_clicked(ack: Ack, body: dict[str, Any], client: WebClient) -> None:

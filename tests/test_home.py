@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from bot import home
-from tests.conftest import ALICE, BOB, CAROL, SOMEBOT, TEAM, wait_for
+from tests.conftest import ALICE, BOB, CAROL, DAVE, SOMEBOT, TEAM, wait_for
 from tests.helpers import db_rows, dm_links, rooms_on_ams
 
 
@@ -110,7 +110,11 @@ def deletes_of(ams, room_id: str) -> int:
 
 
 def test_home_opened_publishes_my_rooms_invitations_and_schedules(bot, sender, slack, ams):
-    room_id = open_room(sender, slack, ams, f"standup <@{BOB}|bob> for 30m")
+    open_home(sender, BOB)  # BOB has looked at his Home before; DAVE never has
+    wait_for(lambda: home_of(slack, BOB))
+    room_id = open_room(
+        sender, slack, ams, f"standup <@{BOB}|bob> <@{DAVE}|dave> for 30m", people=(BOB, DAVE)
+    )
     r = sender.command("schedule retro every weekday at 09:30 for 15m", user_id=ALICE)
     assert r.status_code == 200
     wait_for(lambda: slack.responses.get(r.response_key))
@@ -128,11 +132,14 @@ def test_home_opened_publishes_my_rooms_invitations_and_schedules(bot, sender, s
         for el in b["elements"]
     ]
     assert actions == [home.ACTION_GET_LINK, home.ACTION_END, home.ACTION_EXTEND]
-    # Opening the room already refreshed the invitee's Home (the on_change hook).
-    bob = wait_for(lambda: home_of(slack, BOB))
-    assert f"home:inv:{room_id}" in block_ids(bob)
+    # Opening the room already refreshed the invitee's Home (the on_change hook),
+    # for those who have ever looked at it: nobody else sees a Home to refresh.
+    bob = wait_for(
+        lambda: (v := home_of(slack, BOB)) and f"home:inv:{room_id}" in block_ids(v) and v
+    )
     assert f"home:own:{room_id}" not in block_ids(bob)
     assert CAROL not in slack.home_views
+    assert DAVE not in slack.home_views
     assert "token" not in json.dumps(view)  # the Home never carries a link
 
     # Stop the schedule from the Home: creator only, and a repeat says so.
@@ -146,7 +153,9 @@ def test_home_opened_publishes_my_rooms_invitations_and_schedules(bot, sender, s
 def test_end_on_home_ends_the_room_once_and_republishes(bot, sender, slack, ams):
     room_id = open_room(sender, slack, ams, f"review <@{BOB}|bob> for 30m")
     open_home(sender, ALICE)
+    open_home(sender, BOB)
     wait_for(lambda: f"home:own:{room_id}" in block_ids(home_of(slack, ALICE)))
+    wait_for(lambda: f"home:inv:{room_id}" in block_ids(home_of(slack, BOB)))
 
     # Extend, twice from the same Home (a double click): the room gets 30 minutes once.
     url = bot.env["DATABASE_URL"]
@@ -280,6 +289,10 @@ class _Recorder:
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency
         self.published: list[str] = []
+        self.viewers: set[str] | None = None  # None: everyone has opened their Home
+
+    def home_viewers(self, team, users):
+        return set(users) if self.viewers is None else set(users) & self.viewers
 
     def open_rooms_of(self, team, user):
         return []
@@ -327,3 +340,25 @@ def test_a_burst_of_changes_publishes_each_home_once_and_close_drops_the_rest():
     assert time.monotonic() - started < 1.0
     assert len(fake.published) <= 4
     tab.changed(TEAM, [ALICE])  # after close: ignored, no error
+
+
+def test_only_homes_someone_has_opened_are_kept_current():
+    """A mass expiry must not spend views.publish on people who never look."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.home_tab import HomeTab
+
+    fake = _Recorder()
+    fake.viewers = {ALICE}
+    pool = ThreadPoolExecutor(4)
+    tab = HomeTab(fake, fake, fake, pool.submit, debounce=0.05)
+    tab.changed(TEAM, [ALICE, BOB, CAROL])
+    wait_for(lambda: fake.published)
+    time.sleep(0.2)
+    assert fake.published == [ALICE]
+    # The outcome of a click is shown even before the store knows the Home was opened.
+    tab.notice(TEAM, CAROL, "Room ended.")
+    wait_for(lambda: CAROL in fake.published)
+    assert BOB not in fake.published
+    tab.close()
+    pool.shutdown(wait=True)
