@@ -215,8 +215,11 @@ class WorkerLink:
             kind = message[0]
             if kind == "metrics":
                 for name, args in message[1]:
-                    if name in METRIC_HOOKS:
-                        getattr(metrics, name)(*args)
+                    try:
+                        if name in METRIC_HOOKS:
+                            getattr(metrics, name)(*args)
+                    except Exception:  # a bad label: keep reading, or the pipe fills
+                        log.exception("metrics from the worker: %s%r", name, args)
             elif kind == "ready":
                 self.ready.set()
                 log.info("worker process %s ready", self.process.pid)
@@ -328,8 +331,12 @@ def worker_main(settings: Settings, conn: Connection) -> None:
     _die_with_parent()
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: no os.nice
         os.nice(WORKER_NICENESS)
-    # Ctrl-C reaches the whole process group; the front decides when to stop.
+    # The front decides when to stop, and tells us after its last request. Ctrl-C
+    # reaches the whole process group, and systemd's default stop sends SIGTERM
+    # to every process of the service: stopping on our own would leave the front
+    # serving without a worker, and exiting 1 for a clean stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from bot.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
@@ -346,13 +353,6 @@ def worker_main(settings: Settings, conn: Connection) -> None:
                 return
 
     threading.Thread(target=read, name="worker-inbox", daemon=True).start()
-    stop = threading.Event()
-
-    def on_term(signum: int, _frame: Any) -> None:
-        stop.set()
-        inbox.put(None)
-
-    signal.signal(signal.SIGTERM, on_term)
 
     from bot.app import Services, build_bolt_app
 
@@ -363,7 +363,7 @@ def worker_main(settings: Settings, conn: Connection) -> None:
     forward.send(("ready",))
     objects = services.portable_objects()
     try:
-        while not stop.is_set():
+        while True:
             data = inbox.get()
             if data is None:
                 break

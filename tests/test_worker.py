@@ -137,3 +137,17 @@ def test_sigterm_finishes_the_handed_over_work_then_both_stop(bot, sender, slack
     (room,) = db_rows(f"sqlite:///{tmp_path / 'meetbot.db'}", "rooms")
     assert room["state"] == "active"
     assert dm_links(slack, ALICE) and dm_links(slack, BOB)
+
+
+def test_the_worker_leaves_stopping_to_the_front(bot, sender, slack):
+    """systemd signals every process of the service, a terminal the whole group."""
+    worker = _worker_pid(bot)
+    os.kill(worker, signal.SIGTERM)
+    os.kill(worker, signal.SIGINT)
+    time.sleep(0.5)
+    assert _alive(worker) and bot.proc.poll() is None
+    r = sender.command(f"standup <@{BOB}>", user_id=ALICE)
+    assert r.status_code == 200
+    wait_for(lambda: dm_links(slack, ALICE) and dm_links(slack, BOB))
+    assert bot.terminate(timeout=30) == 0
+    assert not _alive(worker)
