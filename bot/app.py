@@ -523,7 +523,7 @@ def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tupl
 
     Leaves the same bytes in ``wsgi.input`` for Bolt, and the parsed fields in
     ``environ["meetbot.slack_fields"]``: Bolt gets them rather than parsing the
-    body a second time (a third of the ack path's CPU, measured), and they are
+    body a second time (a tenth of the ack path's CPU, measured), and they are
     right where Bolt would misread the body.
     """
     import io

@@ -234,7 +234,9 @@ def register(app: App, services: Services) -> None:
         services.store,
         services.schedules,
         services.slack,
-        services.submit,
+        # Its own flushes run in whichever process changed the room: a flush
+        # handed to the worker would publish the worker's pending Homes, not ours.
+        services.submit_here,
         max_ttl=services.settings.max_room_ttl,
     )
     # Room changes (open, end, extend, kick; from any thread) republish the

@@ -362,3 +362,21 @@ def test_only_homes_someone_has_opened_are_kept_current():
     assert BOB not in fake.published
     tab.close()
     pool.shutdown(wait=True)
+
+
+def test_a_notice_from_the_front_reaches_the_home(bot, sender, slack, monkeypatch):
+    """New room with a dead trigger: the listener (in the front) tells the Home itself."""
+    open_home(sender, ALICE)
+    wait_for(lambda: home_of(slack, ALICE))
+    monkeypatch.setattr(slack, "issue_trigger_id", lambda user=None: "not-a-trigger")
+    home_click(sender, slack, ALICE, home.ACTION_NEW_ROOM)
+    wait_for(lambda: "couldn't open the form" in notice(home_of(slack, ALICE)))
+
+    # And again: the front's Home publisher is not stuck after its first flush.
+    def publishes() -> int:
+        return len([c for c in slack.calls_to("views.publish") if c.args.get("user_id") == ALICE])
+
+    time.sleep(0.5)  # the first notice's flush is over
+    before = publishes()
+    home_click(sender, slack, ALICE, home.ACTION_NEW_ROOM)
+    wait_for(lambda: publishes() > before)
