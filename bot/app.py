@@ -68,6 +68,10 @@ class SocketModeError(Exception):
     """Socket Mode could not be established at start."""
 
 
+class ListenError(Exception):
+    """The HTTP port could not be opened at start."""
+
+
 class _Stop(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM/SIGINT to leave the server loop.
 
@@ -693,47 +697,18 @@ def serve(
     follows each ack, the outbox and the scheduler (bot/worker.py says why).
     Raises WorkerDied, after stopping, if the worker ended first.
     """
-    import waitress
-
     services = Services(settings)
     services.store.migrate()
     services.prepare_secret()
     warn_about_ams_edition(services.ams)
     worker = WorkerLink(settings, services)
     services.hand_over_to(worker)
-    bolt_app = build_bolt_app(services)
-    socket_handler = None
-    if not settings.http_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        socket_handler = SocketModeHandler(
-            bolt_app,
-            settings.slack_app_token,
-            web_client=WebClient(base_url=settings.slack_api_url, timeout=10),
-        )
-        try:
-            socket_handler.connect()
-        except Exception as e:
-            worker.stop()
-            services.stop()
-            raise SocketModeError(
-                f"Socket Mode could not connect to Slack ({type(e).__name__}: {e}); "
-                "check SLACK_APP_TOKEN (an xapp- token with connections:write)"
-            ) from None
-        log.info("Socket Mode connected; health checks on port %s", settings.port)
-    # Everything built so far lives as long as the process: keep it out of the
-    # cyclic collector's full passes, which would otherwise walk it (several ms,
-    # paid by whichever request is running then; seen in the ack p99).
-    gc.collect()
-    gc.freeze()
-    server = waitress.create_server(
-        wsgi_app(services, bolt_app if settings.http_mode else None),
-        host=host,
-        port=settings.port,
-        threads=16,
-        max_request_body_size=MAX_BODY_BYTES,
-        ident="meetbot",
-    )
+    try:
+        socket_handler, server = _front(services, settings, host)
+    except BaseException:  # a port in use, Slack refusing Socket Mode...
+        worker.stop()
+        services.stop()
+        raise
     if settings.http_mode:
         log.info("listening on %s:%s (HTTP mode, /slack/events)", host, settings.port)
 
@@ -762,3 +737,49 @@ def serve(
         log.info("stopped")
     if worker.died.is_set():
         raise WorkerDied(f"the worker process ended (exit code {worker.process.exitcode})")
+
+
+def _front(services: Services, settings: Settings, host: str) -> tuple[Any, Any]:
+    """The Bolt app and what carries Slack's requests to it: (Socket Mode handler, server)."""
+    import waitress
+
+    bolt_app = build_bolt_app(services)
+    socket_handler = None
+    if not settings.http_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        socket_handler = SocketModeHandler(
+            bolt_app,
+            settings.slack_app_token,
+            web_client=WebClient(base_url=settings.slack_api_url, timeout=10),
+        )
+        try:
+            socket_handler.connect()
+        except Exception as e:
+            raise SocketModeError(
+                f"Socket Mode could not connect to Slack ({type(e).__name__}: {e}); "
+                "check SLACK_APP_TOKEN (an xapp- token with connections:write)"
+            ) from None
+        log.info("Socket Mode connected; health checks on port %s", settings.port)
+    # Everything built so far lives as long as the process: keep it out of the
+    # cyclic collector's full passes, which would otherwise walk it (several ms,
+    # paid by whichever request is running then; seen in the ack p99).
+    gc.collect()
+    gc.freeze()
+    try:
+        server = waitress.create_server(
+            wsgi_app(services, bolt_app if settings.http_mode else None),
+            host=host,
+            port=settings.port,
+            threads=16,
+            max_request_body_size=MAX_BODY_BYTES,
+            ident="meetbot",
+        )
+    except OSError as e:
+        if socket_handler is not None:
+            socket_handler.close()
+        raise ListenError(
+            f"cannot listen on {host}:{settings.port} ({e.strerror or e}); "
+            "is another meetbot (or something else) using PORT?"
+        ) from None
+    return socket_handler, server

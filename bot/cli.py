@@ -32,7 +32,7 @@ def serve(host: str) -> None:
     """Run the bot (HTTP mode on PORT, or Socket Mode with SLACK_APP_TOKEN)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
-    from bot.app import SocketModeError
+    from bot.app import ListenError, SocketModeError
     from bot.app import serve as run
     from bot.stream_secret import StreamSecretError
     from bot.worker import WorkerDied
@@ -44,7 +44,7 @@ def serve(host: str) -> None:
         # problem, reported like one.
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(2)
-    except (SocketModeError, WorkerDied) as e:
+    except (SocketModeError, ListenError, WorkerDied) as e:
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(1)
 

@@ -151,3 +151,32 @@ def test_the_worker_leaves_stopping_to_the_front(bot, sender, slack):
     wait_for(lambda: dm_links(slack, ALICE) and dm_links(slack, BOB))
     assert bot.terminate(timeout=30) == 0
     assert not _alive(worker)
+
+
+def test_a_port_in_use_stops_both_processes_with_one_line(ams, slack, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import bot_env
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db", PORT=str(taken.getsockname()[1]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=tmp_path,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "cannot listen on 127.0.0.1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    (pid,) = re.findall(r"worker process (\d+) started", proc.stderr)
+    wait_for(lambda: not _alive(int(pid)), timeout=10)
