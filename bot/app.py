@@ -145,6 +145,7 @@ class Services:
         self.worker: WorkerLink | None = None
         # Objects listeners make that handed-over calls may name (the App Home).
         self.shared: dict[str, Any] = {}
+        self._portable: dict[str, Any] | None = None
         # Listeners' own cleanups (e.g. the App Home publisher): run first in stop(),
         # so work that can be dropped does not hold up the shutdown.
         self.on_stop: list[Callable[[], None]] = []
@@ -207,9 +208,16 @@ class Services:
         Listeners run in both processes, so each has its own object of that name.
         """
         self.shared[name] = obj
+        self._portable = None
 
     def portable_objects(self) -> dict[str, Any]:
-        """What crosses to the worker process by name, not by value (bot/worker.py)."""
+        """What crosses to the worker process by name, not by value (bot/worker.py).
+
+        The same dict until a listener shares another object: built once, not
+        on every hand-over.
+        """
+        if self._portable is not None:
+            return self._portable
         objects: dict[str, Any] = {
             "services": self,
             "rooms": self.rooms,
@@ -224,6 +232,7 @@ class Services:
         if self.calls is not None:
             objects["calls"] = self.calls
         objects.update(self.shared)
+        self._portable = objects
         return objects
 
     def hand_over_to(self, worker: WorkerLink) -> None:
@@ -426,25 +435,25 @@ def _slack_signed(secret: str, environ: dict[str, Any], body: bytes) -> bool:
         return False
 
 
-def _slack_payload(body: bytes, content_type: str) -> tuple[Any, bool]:
-    """The body as Slack meant it, and whether Bolt would misread it; ValueError if bad.
+def _slack_payload(body: bytes, content_type: str) -> Any:
+    """The body as Slack meant it; ValueError if it is not JSON or form data.
 
-    Bolt's ``parse_body`` takes any form body containing the text "payload"
-    (``/meet payload review``, a command from #payload-team) for an
-    interactivity payload, finds no ``payload`` field and reads nothing: the
-    command would get a 404.
+    Bolt gets these fields rather than its own parse: Bolt's ``parse_body``
+    takes any form body containing the text "payload" (``/meet payload
+    review``, a command from #payload-team) for an interactivity payload,
+    finds no ``payload`` field and reads nothing: the command would get a 404.
     """
     from urllib.parse import parse_qsl
 
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
     if not text:
-        return {}, False
+        return {}
     if content_type.split(";")[0] == "application/json" or text.startswith("{"):
-        return json.loads(text), False
+        return json.loads(text)
     fields = dict(parse_qsl(text, keep_blank_values=True))
     if "payload" in fields:
-        return json.loads(fields["payload"]), False
-    return fields, "payload" in text
+        return json.loads(fields["payload"])
+    return fields
 
 
 def _payload_problem(body: Any) -> str | None:
@@ -540,15 +549,13 @@ def _check_slack_post(environ: dict[str, Any], length: int, secret: str) -> tupl
             return None  # Slack's certificate check: Bolt answers 200 itself and runs nothing
         return "401 Unauthorized", "invalid request"
     try:
-        payload, misread = _slack_payload(body, str(environ.get("CONTENT_TYPE") or ""))
+        payload = _slack_payload(body, str(environ.get("CONTENT_TYPE") or ""))
         problem = _payload_problem(payload)
     except (ValueError, RecursionError):
         problem = "not UTF-8 JSON or form data"
     if problem is not None:
         log.warning("refused a signed Slack request: malformed %s", problem)
         return "400 Bad Request", "malformed request"
-    if misread:
-        log.debug("a form body Bolt would read as a payload: dispatched with its fields")
     environ["meetbot.slack_fields"] = payload
     environ["meetbot.slack_body"] = body
     return None

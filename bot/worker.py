@@ -106,6 +106,7 @@ class Names:
     """
 
     def __init__(self, objects: Mapping[str, Any]) -> None:
+        self.source = objects
         self.objects = dict(objects)
         self._names = {id(obj): name for name, obj in self.objects.items()}
         self.table = {type(obj): self._reduce for obj in self.objects.values()}
@@ -183,10 +184,10 @@ class WorkerLink:
         self._send(dumps(message, self._names()))
 
     def _names(self) -> Names:
-        # Listeners share their objects while the app is built, before any call.
+        # Rebuilt only when Services made a new dict (a listener shared an object).
         objects = self.services.portable_objects()
         cached = self._names_cache
-        if cached is None or cached.objects != objects:
+        if cached is None or cached.source is not objects:
             cached = self._names_cache = Names(objects)
         return cached
 
