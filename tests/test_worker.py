@@ -180,3 +180,41 @@ def test_a_port_in_use_stops_both_processes_with_one_line(ams, slack, tmp_path):
     assert "Traceback" not in proc.stderr
     (pid,) = re.findall(r"worker process (\d+) started", proc.stderr)
     wait_for(lambda: not _alive(int(pid)), timeout=10)
+
+
+def test_a_call_that_cannot_travel_runs_in_the_front_and_says_so(tmp_path, ams, slack, caplog):
+    """A listener bug (a lambda handed over) costs the worker split, not the request."""
+    from bot.app import Services
+    from bot.config import load_settings
+
+    settings = load_settings(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-test-token",
+            "SLACK_SIGNING_SECRET": "x" * 32,
+            "SLACK_API_URL": slack.api_url,
+            "AMS_URL": ams.url,
+            "AMS_JWT_SECRET": "s" * 40,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}",
+        }
+    )
+
+    class Link:  # the front's end of a worker that is up, with nothing behind it
+        alive = True
+        sent: list[bytes] = []
+
+        def call(self, fn, args, kwargs, reply_to):
+            from bot.worker import dumps
+
+            self.sent.append(dumps(("call", fn, args, kwargs), services.portable_objects()))
+
+    services = Services(settings)
+    services.store.migrate()
+    services.worker = Link()  # type: ignore[assignment]
+    try:
+        local = services.submit(lambda x: x * 2, 21)
+        assert local.result(timeout=5) == 42  # ran here
+        assert "cannot go to the worker process" in caplog.text
+        handed = services.submit(services.rooms.close)
+        assert handed.result(timeout=5) is None and len(Link.sent) == 1  # went to the link
+    finally:
+        services.stop()
