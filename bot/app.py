@@ -52,7 +52,7 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
-from bot.worker import HandOverError, WorkerDied, WorkerLink
+from bot.worker import FrontActivity, HandOverError, WorkerDied, WorkerLink
 from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
 
 log = logging.getLogger("meetbot.app")
@@ -357,7 +357,19 @@ class CorrelatedApp(App):
     ``process_before_response=True`` the listeners run inside it.
     """
 
+    #: Told when a request starts and ends (the worker waits for quiet moments).
+    activity: FrontActivity | None = None
+
     def dispatch(self, req: BoltRequest) -> BoltResponse:
+        if self.activity is None:
+            return self._dispatch(req)
+        self.activity.touch()
+        try:
+            return self._dispatch(req)
+        finally:
+            self.activity.touch()
+
+    def _dispatch(self, req: BoltRequest) -> BoltResponse:
         # Slack calls made for this request, and work handed on from it
         # (Services.submit copies the context), use the request's workspace.
         with acting_for(req.context.team_id, req.context.enterprise_id):
@@ -409,6 +421,8 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         )
     finally:
         os.environ.update(hidden)
+    if services.worker is not None:
+        app.activity = services.worker.activity
 
     for register in listeners if listeners is not None else load_listeners():
         register(app, services)

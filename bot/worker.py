@@ -44,6 +44,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -66,11 +67,66 @@ STOP_TIMEOUT_S = 60.0
 #: CPU to spare it changes nothing.
 WORKER_NICENESS = 10
 #: The Metrics hooks the worker forwards to the front.
-METRIC_HOOKS = ("room_event", "outbox_result", "observe_ams")
+METRIC_HOOKS = ("room_event", "outbox_result", "observe_ams", "call_held")
 #: How often the worker sends the metrics it observed, in one message: one
 #: message per AMS call or DM would wake the front's reader thread, which
 #: shares the interpreter with the request threads, a dozen times per /meet.
 METRICS_EVERY_S = 0.5
+
+
+#: The worker starts a handed-over call once the front has been quiet (no Slack
+#: request started or ended) this long...
+FRONT_QUIET_S = 0.02
+#: ...or once the call has waited this long, whichever comes first.
+MAX_DEFER_S = 1.0
+
+
+class FrontActivity:
+    """When the front last started or finished a Slack request, seen by both processes.
+
+    Why: nice 10 gives the worker less CPU, but on a small machine its work
+    (and the AMS and Slack calls it makes) still lands on the core a request
+    thread wakes on, and the kernel and the interpreter run it out before the
+    ack: at concurrency 1 the 99th-percentile ack took twice a bare Bolt app's
+    while the worker was busy, and as long as the floor's own when it was not
+    (docs/benchmarks.md). The ack has a hard 3 s deadline; the room's DM can
+    wait a moment. So in a burst of requests the worker holds new calls until
+    the front is quiet for ``FRONT_QUIET_S``, and never longer than
+    ``MAX_DEFER_S`` per call: under steady traffic it still keeps pace,
+    ``MAX_DEFER_S`` behind.
+
+    One double in shared memory, written by the front's request threads (one
+    aligned store; the latest writer wins, which is all a timestamp needs) and
+    read by the worker. ``time.monotonic`` is the same clock in both processes.
+    """
+
+    def __init__(
+        self,
+        ctx: Any,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._seen = ctx.RawValue(ctypes.c_double, 0.0)
+        self._clock = clock
+        self._sleep = sleep
+
+    def touch(self) -> None:
+        """The front: a Slack request started or ended now."""
+        self._seen.value = self._clock()
+
+    def wait_quiet(
+        self, since: float, quiet: float = FRONT_QUIET_S, longest: float = MAX_DEFER_S
+    ) -> float:
+        """The worker: block until the front has been quiet ``quiet`` s, or until
+        ``since + longest``; returns the seconds waited."""
+        start = now = self._clock()
+        deadline = since + longest
+        while now - self._seen.value < quiet and now < deadline:
+            idle = now - self._seen.value
+            # At least 1 ms: a remainder below the clock's resolution would spin.
+            self._sleep(max(0.001, min(quiet - idle, deadline - now)))
+            now = self._clock()
+        return now - start
 
 
 class WorkerDied(Exception):
@@ -160,8 +216,12 @@ class WorkerLink:
         self.on_death: Callable[[], None] | None = None
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=True)
+        self.activity = FrontActivity(ctx)
         self.process = ctx.Process(
-            target=worker_main, args=(settings, child), name="meetbot-worker", daemon=False
+            target=worker_main,
+            args=(settings, child, self.activity),
+            name="meetbot-worker",
+            daemon=False,
         )
         self.process.start()
         child.close()
@@ -327,8 +387,12 @@ def forwarding_metrics(metrics: Metrics, forward: _Forwarder) -> None:
         setattr(metrics, name, hook(name))
 
 
-def worker_main(settings: Settings, conn: Connection) -> None:
-    """The worker process: build the services, run what the front hands over."""
+def worker_main(settings: Settings, conn: Connection, front: FrontActivity | None = None) -> None:
+    """The worker process: build the services, run what the front hands over.
+
+    ``front``: the front's request activity; calls wait for a quiet moment
+    (:class:`FrontActivity`). None: run each call as it comes.
+    """
     _die_with_parent()
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: no os.nice
         os.nice(WORKER_NICENESS)
@@ -343,12 +407,12 @@ def worker_main(settings: Settings, conn: Connection) -> None:
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
     # Read the pipe from the start, so the front never blocks on a full one
     # while the services are being built.
-    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[tuple[float, bytes] | None] = queue.SimpleQueue()
 
     def read() -> None:
         while True:
             try:
-                inbox.put(conn.recv_bytes())
+                inbox.put((time.monotonic(), conn.recv_bytes()))
             except (EOFError, OSError):
                 inbox.put(None)
                 return
@@ -365,9 +429,12 @@ def worker_main(settings: Settings, conn: Connection) -> None:
     objects = services.portable_objects()
     try:
         while True:
-            data = inbox.get()
-            if data is None:
+            item = inbox.get()
+            if item is None:
                 break
+            received, data = item
+            if front is not None and (held := front.wait_quiet(received)) > 0:
+                services.metrics.call_held(held)
             try:
                 message = loads(data, objects)
             except Exception:

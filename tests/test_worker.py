@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 import requests
 
 from bot.rooms import OpenRequest
-from bot.worker import HandOverError, dumps, loads
+from bot.worker import FRONT_QUIET_S, MAX_DEFER_S, FrontActivity, HandOverError, dumps, loads
 from tests.conftest import ALICE, BOB, sender_for, wait_for
 from tests.helpers import db_rows, dm_links, rooms_on_ams
 
@@ -218,3 +220,105 @@ def test_a_call_that_cannot_travel_runs_in_the_front_and_says_so(tmp_path, ams, 
         assert handed.result(timeout=5) is None and len(Link.sent) == 1  # went to the link
     finally:
         services.stop()
+
+
+class _Clock:
+    """A monotonic clock that moves only when slept on; ``on_sleep`` plays the front."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self.on_sleep = lambda: None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.slept.append(seconds)
+        self.now += seconds
+        self.on_sleep()
+
+
+def _activity(clock: _Clock) -> FrontActivity:
+    return FrontActivity(multiprocessing.get_context("spawn"), clock=clock, sleep=clock.sleep)
+
+
+def test_a_call_starts_at_once_when_the_front_is_quiet():
+    clock = _Clock()
+    front = _activity(clock)
+    front.touch()
+    clock.now += 2 * FRONT_QUIET_S
+    assert front.wait_quiet(since=clock.now) == 0
+    assert clock.slept == []
+
+
+def test_a_call_waits_for_the_front_to_finish_its_requests():
+    clock = _Clock()
+    front = _activity(clock)
+    answered = [0]
+
+    def three_more_requests() -> None:  # the front answers three more, then goes quiet
+        if answered[0] < 3:
+            answered[0] += 1
+            front.touch()
+
+    clock.on_sleep = three_more_requests
+    front.touch()
+    since = clock.now
+    waited = front.wait_quiet(since)
+    assert answered[0] == 3
+    # Started one quiet interval after the front's last request, not before.
+    assert waited == pytest.approx(4 * FRONT_QUIET_S, abs=0.002)
+    assert clock.now == pytest.approx(since + 4 * FRONT_QUIET_S, abs=0.002)
+
+
+def test_a_front_that_never_goes_quiet_holds_a_call_at_most_max_defer():
+    clock = _Clock()
+    front = _activity(clock)
+    clock.on_sleep = front.touch  # a request every time the worker looks
+    front.touch()
+    since = clock.now - 0.25  # the call arrived a while ago
+    waited = front.wait_quiet(since)
+    assert waited == pytest.approx(MAX_DEFER_S - 0.25, abs=0.002)
+    assert clock.now == pytest.approx(since + MAX_DEFER_S, abs=0.002)
+
+
+def test_a_busy_front_holds_work_back_and_never_starves_it(start_bot, slack, ams):
+    """Acks first: while Slack requests keep coming the worker holds calls back,
+    and still opens the room (each call waits at most MAX_DEFER_S)."""
+    bot = start_bot()
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def keep_the_front_busy() -> None:
+        helper = sender_for(bot, slack)
+        while not stop.is_set():
+            answered.append(helper.command("help", user_id=BOB).status_code)
+
+    busy = [threading.Thread(target=keep_the_front_busy) for _ in range(2)]
+    for t in busy:
+        t.start()
+    try:
+        wait_for(lambda: len(answered) >= 10)
+        r = sender_for(bot, slack).command("standup", user_id=ALICE)
+        assert r.status_code == 200
+        wait_for(lambda: dm_links(slack, ALICE), timeout=30)
+        during = len(answered)
+        wait_for(lambda: len(answered) > during)  # the front was still being kept busy
+    finally:
+        stop.set()
+        for t in busy:
+            t.join(30)
+    assert set(answered) == {200}
+    assert len(rooms_on_ams(ams)) == 1
+    metrics = wait_for(
+        lambda: (
+            (t := requests.get(bot.url + "/metrics", timeout=5).text)
+            and "meetbot_worker_held_calls_total 0.0" not in t
+            and t
+        ),
+        timeout=10,
+    )
+    held = re.search(r"^meetbot_worker_held_seconds_total (\S+)$", metrics, re.M)
+    assert held and 0.001 <= float(held.group(1)) <= MAX_DEFER_S + 0.5
