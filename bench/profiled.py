@@ -96,12 +96,12 @@ def _profile(out: Path, run: Callable[[], object]) -> None:
         dump(out)
 
 
-def profiled_worker_main(settings: Any, conn: Any) -> None:
+def profiled_worker_main(*args: Any) -> None:
     """meetbot's worker process, profiled into ``<dir>/worker`` (see ``main``)."""
     from bot.worker import worker_main
 
     out = Path(os.environ["MEETBOT_BENCH_PROFILE"]) / "worker"
-    _profile(out, lambda: worker_main(settings, conn))
+    _profile(out, lambda: worker_main(*args))
 
 
 def main() -> None:
