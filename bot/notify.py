@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class SlackGateway:
         self._by_token: dict[str, tuple[WebClient, WebClient]] = {}
         self._http = requests.Session()
         self._users: dict[str, tuple[float, UserInfo]] = {}
+        self._asking: dict[str, Future[UserInfo]] = {}
         self._lock = threading.Lock()
 
     def _clients_for(self, token: str | None) -> tuple[WebClient, WebClient]:
@@ -173,10 +175,50 @@ class SlackGateway:
     # -- reads ----------------------------------------------------------
     def user_info(self, user_id: str) -> UserInfo:
         """users.info, cached for a few minutes (Tier 4, and asked per invitee)."""
+        return self.ask_user(user_id).result()
+
+    def ask_user(self, user_id: str, executor: Executor | None = None) -> Future[UserInfo]:
+        """users.info as a future: from the cache, the request already asking, or a new
+        one (on ``executor``, or here and now when None).
+
+        One request per person at a time: when a team opens several rooms at
+        once (ten ``/meet`` for the same standup), the first asks Slack about
+        each person and the others share that answer, or its error, instead of
+        asking again. Waiting on the future, not in ``executor``, keeps a lookup
+        pool's threads for people nobody is asking about yet.
+        """
         with self._lock:
             hit = self._users.get(user_id)
-        if hit and time.monotonic() - hit[0] < USER_CACHE_TTL_S:
-            return hit[1]
+            if hit and time.monotonic() - hit[0] < USER_CACHE_TTL_S:
+                done: Future[UserInfo] = Future()
+                done.set_result(hit[1])
+                return done
+            asking = self._asking.get(user_id)
+            if asking is not None:
+                return asking
+            mine = self._asking[user_id] = Future()
+
+        def ask() -> None:
+            try:
+                info = self._ask_user(user_id)
+            except BaseException as e:  # every waiter gets it, then it goes on up
+                with self._lock:
+                    del self._asking[user_id]
+                mine.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                with self._lock:
+                    del self._asking[user_id]
+                mine.set_result(info)
+
+        if executor is None:
+            ask()
+        else:
+            executor.submit(ask)
+        return mine
+
+    def _ask_user(self, user_id: str) -> UserInfo:
         try:
             data = self.reader.users_info(user=user_id)["user"]
         except SlackApiError as e:
