@@ -36,6 +36,8 @@ MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held
 INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
 SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
 FANOUT_KINDS = ("dm_link", "room_card")
+#: Kinds sent with chat.postMessage, paced per channel; the rest are chat.update edits.
+NEW_POST_KINDS = ("dm_link", "room_card")
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,14 @@ class OutboxWorker:
             self._send(row, held=held, may_hold=may_hold)
 
     def _send(self, row: Outbox, *, held: bool = False, may_hold: bool = False) -> None:
+        # Slack's one-message-per-second-per-channel limit is for new posts;
+        # edits (chat.update, Tier 3) are not paced per channel. A new post
+        # waits for its channel's slot before it is rendered: rendering reads
+        # the room and mints the link, and a post held for its slot would be
+        # rendered twice (it is rendered when it goes, from the state then).
+        new_post = row.kind in NEW_POST_KINDS
+        if new_post and not self._await_slot(row, held=held, may_hold=may_hold):
+            return
         rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
@@ -236,9 +246,7 @@ class OutboxWorker:
                 self._finish(row, OutboxState.DONE, channel=found[0], ts=found[1])
                 self._result(row.kind, "recovered")
                 return
-        # Slack's one-message-per-second-per-channel limit is for new posts;
-        # edits (chat.update, Tier 3) are not paced per channel.
-        if not rendered.edit_ts and not self._paced(row, held=held, may_hold=may_hold):
+        if new_post and not self._await_start(row):
             return
         try:
             if rendered.edit_ts:
@@ -257,28 +265,37 @@ class OutboxWorker:
         self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
         self._result(row.kind, "sent")
 
-    def _paced(self, row: Outbox, *, held: bool, may_hold: bool) -> bool:
-        """Wait for the channel's slot; True to post now, False if the row was put off.
+    def _await_slot(self, row: Outbox, *, held: bool, may_hold: bool) -> bool:
+        """Reserve the channel's next slot and wait for it; False if the row was put off.
 
         A slot further off than a short sleep is waited for in memory
         (``_hold``, the worker thread is freed) while the row's lease covers it;
-        beyond that the row goes back to the database until its slot.
+        beyond that the row goes back to the database until its slot. ``held``:
+        the row was held, and its slot has come.
         """
-        if not held:
-            horizon = MAX_INLINE_WAIT_S
-            if may_hold:
-                horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
-            wait = self._pace(row.channel, horizon)
-            if wait > horizon:
-                self._retry_at(row, math.ceil(time.time() + wait), "paced")
-                return False
-            if wait > INLINE_SLEEP_S and may_hold:
-                self._hold(row, time.monotonic() + wait)
-                return False
-            if wait > 0:
-                time.sleep(wait)
-        # The reserved slot is when to start; this keeps two posts' actual starts a
-        # full gap apart however late a thread woke up for the first.
+        if held:
+            return True
+        horizon = MAX_INLINE_WAIT_S
+        if may_hold:
+            horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
+        wait = self._pace(row.channel, horizon)
+        if wait > horizon:
+            self._retry_at(row, math.ceil(time.time() + wait), "paced")
+            return False
+        if wait > INLINE_SLEEP_S and may_hold:
+            self._hold(row, time.monotonic() + wait)
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        return True
+
+    def _await_start(self, row: Outbox) -> bool:
+        """Right before the call: True to post now, False if the row was put off.
+
+        The reserved slot is when to start; this keeps two posts' actual starts a
+        full gap apart however late a thread woke up (or long it rendered) for
+        the first.
+        """
         while (wait := self._start_post(row.channel)) > 0:
             if wait > MAX_INLINE_WAIT_S:  # a 429 asked for longer
                 self._retry_at(row, math.ceil(time.time() + wait), "paced")

@@ -137,3 +137,33 @@ def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, s
     )
     assert all(b - a >= 1.0 for a, b in zip(times, times[1:]))
     assert times[-1] - times[0] < 2.5  # at their slots, not a whole poll or second later
+
+
+class CountingCard(Card):
+    """``Card``, noting which rows it rendered and when they were sent after."""
+
+    def __init__(self) -> None:
+        self.rendered: list[int] = []
+
+    def render(self, row: Outbox) -> Rendered:
+        self.rendered.append(row.id)
+        return super().render(row)
+
+
+def test_a_post_held_for_its_slot_is_rendered_once_when_it_goes(store, slack):
+    """Rendering reads the room and mints a link: not for a post that then waits."""
+    from tests.conftest import wait_for
+
+    slack.per_channel_rate = 1.0
+    card = CountingCard()
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, card, workers=2, owner="w5", lease=30, poll_interval=0.2)
+    w.start()
+    try:
+        ids = [add_row(store, BOB) for _ in range(3)]
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(BOB)) == 3, timeout=10)
+    finally:
+        w.stop()
+    assert sorted(card.rendered) == ids  # each once, though two waited for a slot
+    assert slack.ratelimited_count == 0
