@@ -42,6 +42,19 @@ def when(ts: int) -> str:
     return f"<!date^{int(ts)}^{{time}}|{fallback}>"
 
 
+def schedule_late(*, name: str, until: int, reason: str) -> str:
+    """Said once in a schedule's channel when its room did not open on time.
+
+    ``reason`` is the requester-facing text of the failure (no link, no secret).
+    """
+    parts = [
+        f"The *{escape(topic_or_default(name))}* room was due now and did not open.",
+        reason,
+        f"I'll keep trying until {when(until)}: its card will appear here if it opens.",
+    ]
+    return " ".join(p for p in parts if p)
+
+
 def topic_or_default(topic: str) -> str:
     return topic or "Meeting"
 

@@ -644,6 +644,7 @@ class Schedules:
             room_id = new_room_id()
             if not self._renew(occ_id, owner, t, room_id=room_id):
                 return False
+        heard: list[str] = []  # what Rooms would tell a requester: why it failed
         try:
             invitees = self._invitable(invitees_of(sch))
             opened = self.rooms.open_room(
@@ -657,6 +658,7 @@ class Schedules:
                     enterprise_id=sch.enterprise_id,
                     schedule_id=sch.id,
                     room_id=room_id,
+                    notify=heard.append,
                 )
             )
         except Exception as e:  # Slack or the database hiccuped: retry on a later pass
@@ -668,10 +670,21 @@ class Schedules:
             reason = (failed_room.end_reason if failed_room else None) or "refused (see the log)"
             log.warning("schedule %s: room %s did not open: %s", sch.id, room_id, reason)
             self._failed(occ, owner, t, reason)
+            if not occ.attempts:
+                # Said once in the channel the card was due in, not on every retry.
+                self._tell_late(sch, occ.run_at, heard[0] if heard else "")
             return False
         self._finish(occ, owner, OccurrenceState.FIRED)
         log.info("schedule %s fired: room %s", sch.id, opened.id)
         return True
+
+    def _tell_late(self, sch: Schedule, run_at: int, reason: str) -> None:
+        """Tell the schedule's channel that its room did not open (best effort)."""
+        text = messages.schedule_late(name=sch.name, until=run_at + sch.duration, reason=reason)
+        try:
+            self.slack.post(sch.channel_id, text)
+        except Exception as e:  # the retry goes on whether or not Slack heard this
+            log.warning("could not tell %s that schedule %s is late: %s", sch.channel_id, sch.id, e)
 
     def _invitable(self, invitees: list[str]) -> list[str]:
         """Drop invitees who left, were deactivated or turned out to be bots.

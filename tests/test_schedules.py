@@ -445,6 +445,32 @@ def test_ams_refusal_is_retried_with_backoff_within_the_window(
     assert [b["streamId"] for b in rooms_on_ams(ams)] == [occ.room_id]
 
 
+def test_a_room_that_did_not_open_on_time_is_said_once_in_its_channel(
+    one: Replica, ams: AmsDouble, slack: SlackDouble, clock: ManualClock
+) -> None:
+    """The team waits in the channel for the card: it hears the room is late, once."""
+    from tests.conftest import wait_for
+
+    s = standup(one)
+    t = local(MONDAY, 9, 30)
+    clock.set(t)
+    ams.fail_next(2, status=500, path_regex="broadcasts/create")  # the first try and one retry
+    assert one.schedules.fire_due("a") == 0
+    (notice,) = channel_posts(slack)
+    text = notice.args["text"]
+    assert "*standup*" in text and "did not open" in text and "keep trying" in text
+    assert ams.url not in text and "http" not in text  # a reason, not a link or a host
+    clock.set(t + RETRY_BASE_S + 1)
+    assert one.schedules.fire_due("a") == 0  # failed again: nothing more said
+    assert len(channel_posts(slack)) == 1
+    clock.set(t + 3 * RETRY_BASE_S + 2)
+    assert one.schedules.fire_due("a") == 1
+    (occ,) = one.schedules.occurrences(s.id)
+    assert occ.state == OccurrenceState.FIRED
+    wait_for(lambda: len(channel_posts(slack)) == 2)  # and then the room's card
+    assert occ.room_id in json.dumps(channel_posts(slack)[1].args)
+
+
 def test_a_failed_run_is_given_up_after_one_room_length(
     one: Replica, ams: AmsDouble, clock: ManualClock
 ) -> None:
