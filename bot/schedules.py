@@ -38,7 +38,7 @@ from bot import messages
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor
-from bot.notify import SlackGateway, UnknownUser
+from bot.notify import SlackGateway, UnknownUser, acting_for
 from bot.rooms import OpenRequest, RoomError, Rooms
 from bot.schedule import Recurrence, next_run, parse_when
 from bot.store import Occurrence, Room, RoomState, Schedule, Store
@@ -644,6 +644,12 @@ class Schedules:
             room_id = new_room_id()
             if not self._renew(occ_id, owner, t, room_id=room_id):
                 return False
+        # No request to act for: every Slack call below (users.info, the card,
+        # the DMs, the notice) goes out with the schedule's workspace's token.
+        with acting_for(sch.team_id, sch.enterprise_id):
+            return self._open(occ, sch, owner, t, room_id)
+
+    def _open(self, occ: Occurrence, sch: Schedule, owner: str, t: int, room_id: str) -> bool:
         heard: list[str] = []  # what Rooms would tell a requester: why it failed
         try:
             invitees = self._invitable(invitees_of(sch))

@@ -112,6 +112,42 @@ def test_uninstall_ends_that_workspace_only(start_bot, slack, ams):
     wait_for(lambda: {r["team_id"] for r in db_rows(url, "slack_installations")} == {T1})
 
 
+def test_a_team_room_opens_on_schedule_in_its_own_workspace(start_bot, slack, ams):
+    """The scheduler acts for no request: it must take the schedule's workspace
+    (its token) for users.info, the room and the DMs."""
+    import time
+
+    from tests.helpers import db_exec
+
+    slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
+    slack.add_workspace(T2)
+    slack.add_user(ERIN, "erin")
+    slack.add_user(FRED, "fred")
+    settings = dict(
+        SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=CLIENT_ID,
+        SLACK_CLIENT_SECRET=CLIENT_SECRET,
+        MEETBOT_SECRET_KEY=SECRET_KEY,
+        MEETBOT_SWEEP_INTERVAL="1s",
+    )
+    bot = start_bot(**settings)
+    url = bot.env["DATABASE_URL"]
+    install(bot, slack, T2)
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command(f"schedule retro every day at 09:30 <@{FRED}|fred>", user_id=ERIN)
+    assert r.status_code == 200
+    wait_for(lambda: db_rows(url, "schedules"))
+    # The next morning, as it were: a restarted bot, nothing of the request cached.
+    assert bot.terminate() == 0
+    bot = start_bot(**settings)
+    # Due now (as if it were 09:30), rather than waiting for the clock.
+    db_exec(url, "UPDATE schedules SET next_run_at = :t", t=int(time.time()) - 5)
+    wait_for(lambda: dm_links(slack, ERIN) and dm_links(slack, FRED), timeout=30)
+    (room,) = db_rows(url, "rooms")
+    assert room["team_id"] == T2 and room["state"] == "active" and room["schedule_id"]
+    assert len(rooms_on_ams(ams)) == 1
+
+
 def test_install_with_a_forged_state_is_refused(start_bot, slack):
     bot = oauth_bot(start_bot, slack)
     code = slack.issue_oauth_code(T1)
