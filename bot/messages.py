@@ -42,13 +42,13 @@ def when(ts: int) -> str:
     return f"<!date^{int(ts)}^{{time}}|{fallback}>"
 
 
-def schedule_late(*, name: str, until: int, reason: str) -> str:
+def schedule_late(*, name: str, due: int, until: int, reason: str) -> str:
     """Said once in a schedule's channel when its room did not open on time.
 
     ``reason`` is the requester-facing text of the failure (no link, no secret).
     """
     parts = [
-        f"The *{escape(topic_or_default(name))}* room was due now and did not open.",
+        f"The *{escape(topic_or_default(name))}* room due at {when(due)} did not open.",
         reason,
         f"I'll keep trying until {when(until)}: its card will appear here if it opens.",
     ]

@@ -686,7 +686,9 @@ class Schedules:
 
     def _tell_late(self, sch: Schedule, run_at: int, reason: str) -> None:
         """Tell the schedule's channel that its room did not open (best effort)."""
-        text = messages.schedule_late(name=sch.name, until=run_at + sch.duration, reason=reason)
+        text = messages.schedule_late(
+            name=sch.name, due=run_at, until=run_at + sch.duration, reason=reason
+        )
         try:
             self.slack.post(sch.channel_id, text)
         except Exception as e:  # the retry goes on whether or not Slack heard this
