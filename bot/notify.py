@@ -200,17 +200,14 @@ class SlackGateway:
 
         def ask() -> None:
             try:
-                info = self._ask_user(user_id)
+                mine.set_result(self._ask_user(user_id))
             except BaseException as e:  # every waiter gets it, then it goes on up
-                with self._lock:
-                    del self._asking[user_id]
                 mine.set_exception(e)
                 if not isinstance(e, Exception):
                     raise
-            else:
+            finally:
                 with self._lock:
                     del self._asking[user_id]
-                mine.set_result(info)
 
         if executor is None:
             ask()

@@ -35,9 +35,10 @@ CHANNEL_GAP_S = 1.01  # Slack: about one message per second per channel
 MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held (below)
 INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
 SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
-FANOUT_KINDS = ("dm_link", "room_card")
-#: Kinds sent with chat.postMessage, paced per channel; the rest are chat.update edits.
+#: Kinds sent with chat.postMessage, paced per channel (a room's invitations:
+#: its DMs and its card); the rest are chat.update edits.
 NEW_POST_KINDS = ("dm_link", "room_card")
+FANOUT_KINDS = NEW_POST_KINDS
 
 
 @dataclass(frozen=True)
