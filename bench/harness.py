@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.env import serve_env
 from bot.sim.priority import NiceThreads
+from bot.sim.process import ServerFailed, ServerProcess
 from bot.sim.slack import SlackDouble, SlackSender
 
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
@@ -201,7 +201,7 @@ def wait_until(
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` and its child processes (meetbot's worker), in MiB."""
+    """Resident set size of ``pid`` and its child processes, in MiB."""
     total = 0.0
     for one in [pid, *_children_of(pid)]:
         for line in Path(f"/proc/{one}/status").read_text().splitlines():
@@ -221,71 +221,29 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-class Server:
-    """A child process serving HTTP on 127.0.0.1:``port``, output captured to a file."""
+class Server(ServerProcess):
+    """A server the benchmark started: torn down by ``cleanup()`` whatever happens."""
 
     def __init__(self, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
-        self.argv = argv
-        self.env = env
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ready_path = "/readyz"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        super().__init__(argv, env, port, log_path, cwd=REPO)
 
     def start(self, timeout: float = 30.0) -> Server:
-        out = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
-        )
-        out.close()
+        try:
+            super().start(timeout)
+        except ServerFailed as e:
+            raise BenchFailure(str(e)) from None
+        return self
+
+    def started(self) -> None:
         with _registry_lock:
             _children.append(self.proc)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchFailure(f"{self.argv} exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self._up():
-                    return self
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.05)
-        raise BenchFailure(f"{self.argv} did not come up:\n{self.tail()}")
-
-    def _up(self) -> bool:
-        """Serving; for meetbot also its worker process ready (``/readyz`` says so)."""
-        if self.ready_path == "/healthz":
-            return requests.get(self.url + "/healthz", timeout=0.5).status_code == 200
-        r = requests.get(self.url + self.ready_path, timeout=5)
-        return "worker" not in r.json().get("reasons", {})
-
-    def tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = self.terminate(timeout)
         with _registry_lock:
             if self.proc in _children:
                 _children.remove(self.proc)
-        return self.proc.returncode
-
-    def __enter__(self) -> Server:
-        return self.start()
+        return code
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -334,7 +292,7 @@ def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
     )
 
 
-#: The doubles' handler threads' niceness; meetbot's worker process runs at 10.
+#: The doubles' handler threads' niceness: they stand in for other machines.
 DOUBLES_NICENESS = 10
 
 

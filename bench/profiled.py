@@ -22,7 +22,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 _profiles: list[tuple[str, cProfile.Profile]] = []
 _lock = threading.Lock()
@@ -96,22 +95,10 @@ def _profile(out: Path, run: Callable[[], object]) -> None:
         dump(out)
 
 
-def profiled_worker_main(*args: Any) -> None:
-    """meetbot's worker process, profiled into ``<dir>/worker`` (see ``main``)."""
-    from bot.worker import worker_main
-
-    out = Path(os.environ["MEETBOT_BENCH_PROFILE"]) / "worker"
-    _profile(out, lambda: worker_main(*args))
-
-
 def main() -> None:
     out = Path(os.environ["MEETBOT_BENCH_PROFILE"])
-    import bot.worker
     from bot.cli import main as cli
 
-    # The worker process is spawned with this function instead (picklable by
-    # name), so it is profiled too: its groups land in the subdirectory `worker`.
-    bot.worker.worker_main = profiled_worker_main  # type: ignore[assignment]
     _profile(out, lambda: cli(args=sys.argv[1:], standalone_mode=False))
 
 

@@ -52,7 +52,6 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
-from bot.worker import FrontActivity, HandOverError, WorkerDied, WorkerLink
 from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
 
 log = logging.getLogger("meetbot.app")
@@ -91,7 +90,6 @@ class Services:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
-        metrics_hook: Callable[[Metrics], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -101,8 +99,6 @@ class Services:
         self.mgmt: AmsManagement | None = None
         self.rotating: RotatingSecret | None = None
         self.metrics = Metrics(self.store, clock=clock)
-        if metrics_hook is not None:  # before anything binds its hooks
-            metrics_hook(self.metrics)
         self.ams = AmsClient(
             settings.ams_url,
             settings.ams_app,
@@ -141,11 +137,6 @@ class Services:
         self.scheduler: Scheduler | None = None
         # Post-ack work: never Bolt's own small pool, never the request thread.
         self._background = ThreadPoolExecutor(max_workers=16, thread_name_prefix="work")
-        # Under `meetbot serve`, the worker process that runs it (bot/worker.py).
-        self.worker: WorkerLink | None = None
-        # Objects listeners make that handed-over calls may name (the App Home).
-        self.shared: dict[str, Any] = {}
-        self._portable: dict[str, Any] | None = None
         # Listeners' own cleanups (e.g. the App Home publisher): run first in stop(),
         # so work that can be dropped does not hold up the shutdown.
         self.on_stop: list[Callable[[], None]] = []
@@ -202,68 +193,10 @@ class Services:
         version, _ = self.rotating.current()
         return self.rooms.reissue_links(version)
 
-    def share(self, name: str, obj: Any) -> None:
-        """Let calls handed to the worker process name ``obj`` (made by a listener).
-
-        Listeners run in both processes, so each has its own object of that name.
-        """
-        self.shared[name] = obj
-        self._portable = None
-
-    def portable_objects(self) -> dict[str, Any]:
-        """What crosses to the worker process by name, not by value (bot/worker.py).
-
-        The same dict until a listener shares another object: built once, not
-        on every hand-over.
-        """
-        if self._portable is not None:
-            return self._portable
-        objects: dict[str, Any] = {
-            "services": self,
-            "rooms": self.rooms,
-            "slack": self.slack,
-            "store": self.store,
-            "ams": self.ams,
-            "schedules": self.schedules,
-            "workspaces": self.workspaces,
-            "outbox": self.outbox,
-            "metrics": self.metrics,
-        }
-        if self.calls is not None:
-            objects["calls"] = self.calls
-        objects.update(self.shared)
-        self._portable = objects
-        return objects
-
-    def hand_over_to(self, worker: WorkerLink) -> None:
-        """This process answers Slack; ``worker`` does the work (see bot/worker.py)."""
-        self.worker = worker
-        self.outbox.elsewhere = worker.kick
-
     def submit(
         self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any
     ) -> Future[Any]:
-        """Run ``fn`` after the ack, in the worker process when there is one.
-
-        The returned future says only that the work was handed over then.
-        """
-        if self.worker is not None and self.worker.alive:
-            try:
-                self.worker.call(fn, args, kwargs, reply_to)
-            except HandOverError as e:
-                # A listener handing over something that cannot travel by name:
-                # a bug, but the person who asked still gets their room.
-                log.error("ran %r here: it cannot go to the worker process (%s)", fn, e)
-            else:
-                done: Future[Any] = Future()
-                done.set_result(None)
-                return done
-        return self.submit_here(fn, *args, reply_to=reply_to, **kwargs)
-
-    def submit_here(
-        self, fn: Callable[..., Any], *args: Any, reply_to: str | None = None, **kwargs: Any
-    ) -> Future[Any]:
-        """Run ``fn`` after the ack in this process; exceptions are logged, never lost.
+        """Run ``fn`` after the ack, on the bot's own pool; exceptions are logged, never lost.
 
         ``reply_to``: the request's ``response_url``. If the work fails in a way
         nobody planned for (a database locked past its busy timeout, a bug),
@@ -357,19 +290,7 @@ class CorrelatedApp(App):
     ``process_before_response=True`` the listeners run inside it.
     """
 
-    #: Told when a request starts and ends (the worker waits for quiet moments).
-    activity: FrontActivity | None = None
-
     def dispatch(self, req: BoltRequest) -> BoltResponse:
-        if self.activity is None:
-            return self._dispatch(req)
-        self.activity.touch()
-        try:
-            return self._dispatch(req)
-        finally:
-            self.activity.touch()
-
-    def _dispatch(self, req: BoltRequest) -> BoltResponse:
         # Slack calls made for this request, and work handed on from it
         # (Services.submit copies the context), use the request's workspace.
         with acting_for(req.context.team_id, req.context.enterprise_id):
@@ -421,9 +342,6 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
         )
     finally:
         os.environ.update(hidden)
-    if services.worker is not None:
-        app.activity = services.worker.activity
-
     for register in listeners if listeners is not None else load_listeners():
         register(app, services)
     return app
@@ -650,10 +568,6 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
             return [data]
         if path == "/readyz" and method == "GET":
             ready, body = readiness.check()
-            worker = services.worker.problem() if services.worker is not None else None
-            if worker is not None:  # calls would wait (starting) or be lost (stopped)
-                ready = False
-                body = {"ready": False, "reasons": {**body.get("reasons", {}), "worker": worker}}
             return json_response(
                 start_response, "200 OK" if ready else "503 Service Unavailable", body
             )
@@ -714,22 +628,19 @@ def serve(
 ) -> None:
     """Run the bot until SIGTERM/SIGINT: HTTP mode, or Socket Mode with SLACK_APP_TOKEN.
 
-    This process answers Slack; a worker process it starts does the work that
-    follows each ack, the outbox and the scheduler (bot/worker.py says why).
-    Raises WorkerDied, after stopping, if the worker ended first.
+    One process answers Slack, does the work after each ack, sends the outbox
+    and runs the scheduler; more capacity is more replicas on one PostgreSQL.
     """
     services = Services(settings)
     services.store.migrate()
     services.prepare_secret()
     warn_about_ams_edition(services.ams)
-    worker = WorkerLink(settings, services)
-    services.hand_over_to(worker)
     try:
         socket_handler, server = _front(services, settings, host)
     except BaseException:  # a port in use, Slack refusing Socket Mode...
-        worker.stop()
         services.stop()
         raise
+    services.start()
     if settings.http_mode:
         log.info("listening on %s:%s (HTTP mode, /slack/events)", host, settings.port)
 
@@ -738,10 +649,6 @@ def serve(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    # A dead worker stops the front too: the supervisor then restarts both.
-    worker.on_death = lambda: os.kill(os.getpid(), signal.SIGTERM)
-    if worker.died.is_set():
-        worker.on_death()
     if ready is not None:
         ready.set()
     try:
@@ -753,11 +660,8 @@ def serve(
         server.task_dispatcher.shutdown(timeout=5)
         if socket_handler is not None:
             socket_handler.close()
-        worker.stop()
         services.stop()
         log.info("stopped")
-    if worker.died.is_set():
-        raise WorkerDied(f"the worker process ended (exit code {worker.process.exitcode})")
 
 
 def _front(services: Services, settings: Settings, host: str) -> tuple[Any, Any]:

@@ -35,7 +35,6 @@ def serve(host: str) -> None:
     from bot.app import ListenError, SocketModeError
     from bot.app import serve as run
     from bot.stream_secret import StreamSecretError
-    from bot.worker import WorkerDied
 
     try:
         run(settings, host=host)
@@ -44,7 +43,7 @@ def serve(host: str) -> None:
         # problem, reported like one.
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(2)
-    except (SocketModeError, ListenError, WorkerDied) as e:
+    except (SocketModeError, ListenError) as e:
         click.echo(f"meetbot: {e}", err=True)
         sys.exit(1)
 

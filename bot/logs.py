@@ -113,7 +113,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "cid": None if cid == "-" else cid,
-            # `meetbot serve` is two processes (bot/worker.py) writing one stream.
+            # Replicas often write to one stream (a shared journal, kubectl logs -l).
             "pid": record.process,
         }
         if record.exc_text:

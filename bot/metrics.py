@@ -174,17 +174,6 @@ class Metrics:
             buckets=AMS_BUCKETS,
             registry=self.registry,
         )
-        self.held_calls = Counter(
-            "meetbot_worker_held_calls",
-            "Calls the worker process held back while the front was answering Slack "
-            "(acks first; bot/worker.py FrontActivity).",
-            registry=self.registry,
-        )
-        self.held_seconds = Counter(
-            "meetbot_worker_held_seconds",
-            "Seconds those calls waited, in all.",
-            registry=self.registry,
-        )
         # Present from the first scrape, so rate() and alerts see a 0, not a gap.
         for event in ("created", "revoked"):
             self.room_events.labels(event)
@@ -206,11 +195,6 @@ class Metrics:
             self.slack_sends.labels(kind, outcome).inc()
         except Exception:
             log.exception("metrics: outbox_result failed")
-
-    def call_held(self, seconds: float) -> None:
-        """The worker held a handed-over call ``seconds`` for a quiet front."""
-        self.held_calls.inc()
-        self.held_seconds.inc(seconds)
 
     def observe_ams(self, op: str, outcome: str, seconds: float) -> None:
         """``AmsClient(observer=...)`` / ``AmsManagement(observer=...)``."""

@@ -99,9 +99,6 @@ class OutboxWorker:
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
         self._watch_lock = threading.Lock()
         self.on_result: Callable[[str, str], None] | None = None  # (kind, outcome) for metrics
-        # Set in a process that does not send (the front of `meetbot serve`):
-        # kick() wakes the outbox of the process that does.
-        self.elsewhere: Callable[[], None] | None = None
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> OutboxWorker:
@@ -123,10 +120,7 @@ class OutboxWorker:
 
     def kick(self) -> None:
         """New rows are waiting: look now rather than at the next poll."""
-        if self.elsewhere is not None:
-            self.elsewhere()
-        else:
-            self._wake.set()
+        self._wake.set()
 
     def watch_room(self, room_id: str, callback: Callable[[list[Outbox]], None]) -> None:
         """Call ``callback(rows)`` once none of the room's invitation messages is pending."""

