@@ -24,8 +24,8 @@ from slack_sdk import WebClient
 
 from bench.harness import BOT_TOKEN, SIGNING_SECRET
 
-THREADS = 16  # bot.app.serve's waitress threads
-MAX_BODY_BYTES = 1024 * 1024  # bot.app.MAX_BODY_BYTES
+THREADS = 16  # bot.services.serve's waitress threads
+MAX_BODY_BYTES = 1024 * 1024  # bot.services.MAX_BODY_BYTES
 
 
 def build() -> Callable[..., Iterable[bytes]]:

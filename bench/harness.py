@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: Set by ``python -m bench --profile DIR``: bots then run under ``bench.profiled``.
 PROFILE_DIR: Path | None = None
 PROFILE_TAG = "bot"
-#: The module run as ``python -m MODULE serve``; experiments may wrap ``bot.cli``.
-BOT_MODULE = "bot.cli"
+#: The module run as ``python -m MODULE serve``; experiments may wrap ``bot.ops.cli``.
+BOT_MODULE = "bot.ops.cli"
 
 
 class BenchFailure(Exception):

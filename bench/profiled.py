@@ -97,7 +97,7 @@ def _profile(out: Path, run: Callable[[], object]) -> None:
 
 def main() -> None:
     out = Path(os.environ["MEETBOT_BENCH_PROFILE"])
-    from bot.cli import main as cli
+    from bot.ops.cli import main as cli
 
     _profile(out, lambda: cli(args=sys.argv[1:], standalone_mode=False))
 

@@ -241,7 +241,7 @@ class Readiness:
         observer: Callable[[str, str, float], None] | None = None,
     ) -> Readiness:
         """A probe with its own quick AMS client built from the bot's settings."""
-        from bot.ams import AmsClient
+        from bot.ams.client import AmsClient
 
         client = AmsClient(
             settings.ams_url,

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from slack_bolt import App
 
-    from bot.app import Services
+    from bot.services import Services
 
 
 def register(app: App, services: Services) -> None:
     """Entry point ``meetbot.listeners``: wire every listener group into ``app``.
 
-    Imported here, not at the top, so ``handlers.text`` (pure) loads without Bolt.
+    Imported here, not at the top, so ``handlers.grammar`` (pure) loads without Bolt.
     """
     from handlers import actions, commands, views
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bot import messages
+from bot.slack import messages
 
 if TYPE_CHECKING:
     from slack_bolt import Ack, App
 
-    from bot.app import Services
+    from bot.services import Services
 
 
 EXTEND_BUTTON_S = 30 * 60  # the owner's DM button: "Extend 30 min"

@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.rooms import OpenRequest
-from handlers import schedule_commands
-from handlers import text as grammar
+from bot.rooms.service import OpenRequest
+from handlers import grammar, schedule_commands
 
 if TYPE_CHECKING:
     from slack_bolt import Ack, App
 
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger("meetbot.handlers")
 
@@ -80,7 +79,7 @@ def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
         case grammar.Schedules() | grammar.Unschedule():
             schedule_commands.handle(cmd, ack, command, services)
         case grammar.Kick(room_id=room_id, user_id=target):
-            from bot.revocation import kick
+            from bot.rooms.revocation import kick
 
             ack(text=f"Removing <@{target}> from room `{room_id}`…")
             services.submit(

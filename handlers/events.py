@@ -7,7 +7,7 @@ must use the ``trigger_id`` within 3 s, so it runs in the listener.
 
 Clicks on the Home carry no ``response_url``. Their outcome (a refusal, a
 confirmation) goes onto the person's Home as a notice, through
-``bot.rooms.replies_to``. Permissions are never checked here: the Rooms and
+``bot.rooms.service.replies_to``. Permissions are never checked here: the Rooms and
 Schedules methods check them server-side, so a forged click is refused there
 exactly like a real one.
 """
@@ -19,11 +19,11 @@ import logging
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
-from bot import home
-from bot.home_tab import HomeTab
+from bot.home import view as home
+from bot.home.tab import HomeTab
 from bot.logs import ContextThreadPoolExecutor
-from bot.notify import UnknownUser, UserInfo
-from bot.rooms import OpenRequest, replies_to
+from bot.rooms.service import OpenRequest, replies_to
+from bot.slack.gateway import UnknownUser, UserInfo
 from handlers import views
 from handlers.topics import clean_topic
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from slack_bolt import Ack, App
     from slack_sdk import WebClient
 
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger("meetbot.handlers")
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from bot.schedules import ScheduleError
-from handlers import text as grammar
-from handlers import views
+from bot.schedules.service import ScheduleError
+from handlers import grammar, views
 
 if TYPE_CHECKING:
     from slack_bolt import Ack
     from slack_sdk import WebClient
 
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger("meetbot.handlers")
 

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.notify import UnknownUser
-from bot.rooms import OpenRequest
+from bot.rooms.service import OpenRequest
+from bot.slack.gateway import UnknownUser
 from handlers.topics import topic_from_message
 
 if TYPE_CHECKING:
     from slack_bolt import Ack, App
 
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger("meetbot.handlers")
 

@@ -41,14 +41,14 @@ from slack_sdk.models.views import View
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor
-from bot.notify import SlackSendError, UnknownUser, UserInfo
-from bot.schedule import parse_when
-from bot.schedules import MAX_NAME, ScheduleError
+from bot.schedules.rules import parse_when
+from bot.schedules.service import MAX_NAME, ScheduleError
+from bot.slack.gateway import SlackSendError, UnknownUser, UserInfo
 
 if TYPE_CHECKING:
     from slack_bolt import Ack, App
 
-    from bot.app import Services
+    from bot.services import Services
 
 log = logging.getLogger("meetbot.handlers")
 

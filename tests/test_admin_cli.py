@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from bot.admin import build_ops, send_owed_edits
-from bot.cli import main
 from bot.config import load_settings
-from bot.rooms import OpenRequest
+from bot.ops.admin import build_ops, send_owed_edits
+from bot.ops.cli import main
+from bot.rooms.service import OpenRequest
 from bot.store import Audit, Grant, Room, RoomState, Store
 from tests.conftest import (
     ADMIN,
@@ -283,7 +283,7 @@ def test_link_signs_with_the_stored_secret_when_secrets_are_stored(monkeypatch, 
     """With MEETBOT_SECRET_KEY the bot signs with the stored current secret, so must `link`."""
     from cryptography.fernet import Fernet
 
-    from bot.stream_secret import Vault
+    from bot.ams.stream_secret import Vault
 
     room_id = open_room(ops, slack, "standup")
     key = Fernet.generate_key().decode()
@@ -308,9 +308,9 @@ def test_reconcile_command_removes_a_stray_bot_room(tmp_path, ams, slack):
     """`meetbot reconcile` does now what the bot does every few minutes."""
     from click.testing import CliRunner
 
-    from bot.ams import AmsClient
-    from bot.cli import main
-    from bot.rooms import ams_marker
+    from bot.ams.client import AmsClient
+    from bot.ops.cli import main
+    from bot.rooms.service import ams_marker
     from tests.conftest import bot_env
 
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db")

@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
-from bot.ams import (
+from bot.ams.client import (
     AmsBadRestJwt,
     AmsClient,
     AmsError,

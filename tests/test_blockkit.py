@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
-from bot import home, messages
 from bot.config import Settings
-from bot.schedule import parse_when
-from bot.schedules import describe
+from bot.home import view as home
+from bot.schedules.rules import parse_when
+from bot.schedules.service import describe
 from bot.sim.slack import _check_blocks
+from bot.slack import messages
 from bot.store import Schedule
-from handlers import text as grammar
-from handlers import views
+from handlers import grammar, views
 from handlers.topics import clean_topic, topic_from_message
 
 MESSAGE_BLOCKS = 50

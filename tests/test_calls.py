@@ -19,15 +19,15 @@ import jwt
 import pytest
 import requests
 
-from bot.calls import (
+from bot.config import ConfigError, Settings, load_settings
+from bot.slack.calls import (
     make_state,
     parse_stream_id,
     participant_stream_id,
     read_state,
     state_key,
 )
-from bot.config import ConfigError, Settings, load_settings
-from bot.messages import room_card
+from bot.slack.messages import room_card
 from bot.tokens import circle_link
 from tests.conftest import (
     ALICE,
@@ -398,7 +398,7 @@ def test_serve_refuses_calls_without_credentials(tmp_path):
         "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "serve"],
+        [sys.executable, "-m", "bot.ops.cli", "serve"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -313,7 +313,7 @@ def test_compose_commands_exist(compose):
     """Every command compose runs is a real `meetbot` subcommand."""
     from click.testing import CliRunner
 
-    from bot.cli import main
+    from bot.ops.cli import main
 
     for service in ("bot", "migrate"):
         argv = compose["services"][service]["command"]
@@ -342,7 +342,7 @@ def test_deploy_doc_covers_the_walkthrough():
     # Every command the doc shows exists.
     from click.testing import CliRunner
 
-    from bot.cli import main
+    from bot.ops.cli import main
 
     for line in re.findall(r"^(?:\.venv/bin/)?meetbot ([a-z-]+(?: [a-z-]+)?)", text, re.M):
         argv = shlex.split(line)

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from bot.cli import main
 from bot.config import load_settings
-from bot.doctor import Status, failed, manifest_scopes, run_checks
+from bot.ops.cli import main
+from bot.ops.doctor import Status, failed, manifest_scopes, run_checks
 from bot.sim.ams import (
     COMMUNITY_EDITION,
     DEFAULT_ADMIN_EMAIL,
@@ -176,7 +176,7 @@ def test_secret_mismatch_shows_neither_secret(monkeypatch, good_slack, migrated)
 def test_secret_rotated_into_the_database_is_the_one_compared(good_slack, migrated):
     from cryptography.fernet import Fernet
 
-    from bot.stream_secret import Vault
+    from bot.ams.stream_secret import Vault
 
     key = Fernet.generate_key().decode()
     with sa.create_engine(migrated).begin() as c:

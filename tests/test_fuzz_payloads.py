@@ -45,12 +45,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slack_sdk.signature import SignatureVerifier
 
-from bot.app import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
 from bot.config import Settings
-from bot.rooms import OpenRequest
+from bot.rooms.service import OpenRequest
+from bot.services import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
-from handlers import text as grammar
+from handlers import grammar
 from tests.conftest import (
     ALICE,
     BOB,

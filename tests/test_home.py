@@ -13,7 +13,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from bot import home
+from bot.home import view as home
 from tests.conftest import ALICE, BOB, CAROL, DAVE, SOMEBOT, TEAM, wait_for
 from tests.helpers import db_rows, dm_links, rooms_on_ams
 
@@ -312,7 +312,7 @@ class _Recorder:
 def test_a_burst_of_changes_publishes_each_home_once_and_close_drops_the_rest():
     from concurrent.futures import ThreadPoolExecutor
 
-    from bot.home_tab import HomeTab
+    from bot.home.tab import HomeTab
 
     fake = _Recorder()
     pool = ThreadPoolExecutor(4)
@@ -346,7 +346,7 @@ def test_only_homes_someone_has_opened_are_kept_current():
     """A mass expiry must not spend views.publish on people who never look."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bot.home_tab import HomeTab
+    from bot.home.tab import HomeTab
 
     fake = _Recorder()
     fake.viewers = {ALICE}

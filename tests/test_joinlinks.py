@@ -62,7 +62,7 @@ def settle():
     ``meetbot serve`` raises its stop exception from the signal handler; when
     that lands while waitress is closing a channel, waitress swallows it and
     the process runs on until the test's 15 s kill. A moment's pause avoids
-    that race (a bug in ``bot.app.serve``, reported, not worked around there).
+    that race (a bug in ``bot.services.serve``, reported, not worked around there).
     """
     time.sleep(0.3)
 
@@ -151,7 +151,7 @@ def test_the_link_survives_a_stream_secret_rotation(start_bot, slack, ams):
     dm_edits = len(slack.calls_to("chat.update"))
 
     rotated = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "rotate-secret"],
+        [sys.executable, "-m", "bot.ops.cli", "rotate-secret"],
         env=bot.env,
         capture_output=True,
         text=True,

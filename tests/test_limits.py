@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from bot.app import MAX_BODY_BYTES
+from bot.services import MAX_BODY_BYTES
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble, SlackSender
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM, BotProcess, bot_env, sender_for, wait_for

@@ -384,7 +384,7 @@ def test_serve_refuses_a_bad_configuration_with_exit_code_2(ams, slack, tmp_path
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db", AMS_JWT_SECRET="short", PORT="http")
     del env["AMS_URL"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "serve"],
+        [sys.executable, "-m", "bot.ops.cli", "serve"],
         env=env,
         capture_output=True,
         text=True,
@@ -400,7 +400,7 @@ def test_serve_refuses_a_bad_configuration_with_exit_code_2(ams, slack, tmp_path
 
 # -- reconciliation -------------------------------------------------------------------------------
 def test_reconciliation_removes_bot_rooms_the_database_does_not_know(start_bot, slack, ams):
-    from bot.ams import AmsClient
+    from bot.ams.client import AmsClient
 
     bot = start_bot(MEETBOT_SWEEP_INTERVAL="1", MEETBOT_RECONCILE_INTERVAL="1")
     url = bot.env["DATABASE_URL"]
@@ -422,7 +422,7 @@ def test_reconciliation_removes_bot_rooms_the_database_does_not_know(start_bot, 
 
 
 def test_reconciliation_ends_rooms_that_vanished_from_ams(start_bot, slack, ams):
-    from bot.ams import AmsClient
+    from bot.ams.client import AmsClient
 
     bot = start_bot(MEETBOT_SWEEP_INTERVAL="1", MEETBOT_RECONCILE_INTERVAL="1")
     url = bot.env["DATABASE_URL"]
@@ -442,7 +442,7 @@ def test_socket_mode_is_used_with_an_app_token(ams, slack, tmp_path):
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db", SLACK_APP_TOKEN="xapp-1-test")
     del env["SLACK_SIGNING_SECRET"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "serve"],
+        [sys.executable, "-m", "bot.ops.cli", "serve"],
         env=env,
         capture_output=True,
         text=True,

@@ -281,9 +281,9 @@ def test_socket_mode_requests_get_a_cid_too(tmp_path, ams, slack):
     """Socket Mode has no WSGI request to wrap: Bolt's middleware gives each its id."""
     from slack_bolt.request import BoltRequest
 
-    from bot.app import Services, build_bolt_app
     from bot.config import load_settings
     from bot.logs import correlation_id
+    from bot.services import Services, build_bolt_app
 
     settings = load_settings(
         {

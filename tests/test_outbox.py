@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.notify import SlackGateway
-from bot.outbox import OutboxWorker, Rendered
+from bot.slack.gateway import SlackGateway
+from bot.slack.outbox import OutboxWorker, Rendered
 from bot.store import Outbox, OutboxState, Store, now
 from tests.conftest import BOB, BOT_TOKEN, CAROL
 

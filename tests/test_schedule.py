@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.schedule import (
+from bot.schedules.rules import (
     Recurrence,
     from_storage,
     next_run,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.schedules import list_schedules
+from bot.schedules.service import list_schedules
 from bot.sim.slack import SlackDouble, SlackSender
 from bot.store import Store
 from tests.conftest import ALICE, BOB, CAROL, SOMEBOT, BotProcess, wait_for

@@ -19,13 +19,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
-from bot.ams import AmsClient
-from bot.cli import main
+from bot.ams.client import AmsClient
 from bot.config import Settings
-from bot.notify import SlackGateway
-from bot.outbox import OutboxWorker
-from bot.rooms import Rooms, StaticSecret, ams_marker
-from bot.schedules import (
+from bot.ops.cli import main
+from bot.rooms.service import Rooms, StaticSecret, ams_marker
+from bot.schedules.service import (
     FIRE_LEASE_S,
     RETRY_BASE_S,
     OccurrenceState,
@@ -36,6 +34,8 @@ from bot.schedules import (
 )
 from bot.sim.ams import AmsDouble, ManualClock
 from bot.sim.slack import SlackDouble
+from bot.slack.gateway import SlackGateway
+from bot.slack.outbox import OutboxWorker
 from bot.store import Audit, Occurrence, Room, RoomState, Store
 from tests.conftest import (
     ADMIN,
@@ -70,7 +70,7 @@ class Replica:
 @pytest.fixture(autouse=True)
 def _fast_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
     # Slack's per-channel pace is the outbox's business, tested elsewhere.
-    monkeypatch.setattr("bot.outbox.CHANNEL_GAP_S", 0.0)
+    monkeypatch.setattr("bot.slack.outbox.CHANNEL_GAP_S", 0.0)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def test_a_port_in_use_stops_serve_with_one_line(ams, slack, tmp_path):
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db", PORT=str(taken.getsockname()[1]))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "bot.ops.cli", "serve", "--host", "127.0.0.1"],
             env=env,
             capture_output=True,
             text=True,

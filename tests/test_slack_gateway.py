@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bot.notify import SlackGateway, UnknownUser
+from bot.slack.gateway import SlackGateway, UnknownUser
 from tests.conftest import BOB, BOT_TOKEN, CAROL
 
 

@@ -20,13 +20,9 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-import bot.stream_secret as ss
-from bot.ams import AmsClient, AmsLoginFailed, AmsManagement
-from bot.cli import main
-from bot.config import Settings
-from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD, AmsDouble
-from bot.store import Audit, Job, Store, StreamSecret
-from bot.stream_secret import (
+import bot.ams.stream_secret as ss
+from bot.ams.client import AmsClient, AmsLoginFailed, AmsManagement
+from bot.ams.stream_secret import (
     JOB_NAME,
     NoCurrentSecret,
     RotatingSecret,
@@ -38,6 +34,10 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
+from bot.config import Settings
+from bot.ops.cli import main
+from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD, AmsDouble
+from bot.store import Audit, Job, Store, StreamSecret
 from bot.tokens import mint_join_token
 
 OLD = "stream-secret-0123456789-0123456789-abcdef"

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from bot.ams import AmsClient
+from bot.ams.client import AmsClient
 from bot.config import Settings
-from bot.notify import SlackGateway
-from bot.rooms import Rooms, StaticSecret, ams_marker
+from bot.rooms.service import Rooms, StaticSecret, ams_marker
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
+from bot.slack.gateway import SlackGateway
 from bot.store import Audit, Grant, Outbox, Room, RoomState, Store
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM
 

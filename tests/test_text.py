@@ -9,7 +9,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from bot.durations import MAX_DURATION, format_duration, parse_duration
-from handlers.text import (
+from handlers.grammar import (
     HELP_TEXT,
     MAX_INVITEES,
     SUBCOMMANDS,

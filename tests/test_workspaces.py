@@ -10,7 +10,7 @@ import yaml
 from cryptography.fernet import Fernet
 
 from bot.sim.slack import SlackSender
-from bot.workspaces import BOT_SCOPES
+from bot.slack.workspaces import BOT_SCOPES
 from tests.conftest import ALICE, BOB, SIGNING_SECRET, wait_for
 from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
 

@@ -23,7 +23,7 @@ class ServerFailed(AssertionError):
     """The server exited or did not answer in time; the message ends with its output."""
 
 
-def meetbot_argv(module: str = "bot.cli") -> list[str]:
+def meetbot_argv(module: str = "bot.ops.cli") -> list[str]:
     """``meetbot serve`` on loopback, through this interpreter (no installed script needed)."""
     return [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
 

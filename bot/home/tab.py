@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from bot import home
+from bot.home import view as home
 from bot.logs import ContextThreadPoolExecutor
-from bot.notify import SlackGateway, SlackSendError, acting_for
-from bot.schedules import Schedules, describe
+from bot.schedules.service import Schedules, describe
+from bot.slack.gateway import SlackGateway, SlackSendError, acting_for
 from bot.store import Store
 
 log = logging.getLogger("meetbot.home")

@@ -1,7 +1,7 @@
 """Reconciliation: make AMS and the database agree about meetbot's rooms.
 
 Rooms the bot makes carry a marker in the broadcast's ``metaData``
-(``bot.rooms.ams_marker``). Periodically one replica lists AMS's broadcasts:
+(``bot.rooms.service.ams_marker``). Periodically one replica lists AMS's broadcasts:
 a marked room the database does not know, or knows as ended, is stopped and
 deleted (a crash between the AMS create and the database, a slow create that
 landed after the bot gave up, a row removed by hand); an active room that AMS
@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from bot.ams import AmsClient, AmsError
-from bot.rooms import Rooms, is_ours
+from bot.ams.client import AmsClient, AmsError
+from bot.rooms.service import Rooms, is_ours
 from bot.store import Job, Room, RoomState, Store
 
 log = logging.getLogger("meetbot.reconcile")

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from sqlalchemy import select
 
-from bot import messages
-from bot.http import json_response, path_secret_ok
+from bot.slack import messages
 from bot.store import Grant, Room, RoomState
 from bot.tokens import new_jti
+from bot.web.responses import json_response, path_secret_ok
 
 if TYPE_CHECKING:
-    from bot.rooms import Rooms
+    from bot.rooms.service import Rooms
 
 __all__ = ["WEBHOOK_PREFIX", "authorize", "handle_webhook", "kick"]
 

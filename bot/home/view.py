@@ -34,8 +34,8 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot import messages
 from bot.durations import format_duration
+from bot.slack import messages
 
 MAX_SURFACE_BLOCKS = 100  # Slack's limit for a modal or the Home tab
 MAX_SECTION_TEXT = 3000

@@ -48,16 +48,16 @@ import jwt
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot import messages
 from bot.config import Settings
-from bot.http import json_response, path_secret_ok
-from bot.joinlinks import PAGES, _page
-from bot.notify import SlackGateway, SlackSendError, UserInfo, acting_for
+from bot.rooms.links import PAGES, _page
+from bot.slack import messages
+from bot.slack.gateway import SlackGateway, SlackSendError, UserInfo, acting_for
 from bot.store import Grant, Room, RoomState, Store
 from bot.tokens import ROOM_ID_RE, new_jti
+from bot.web.responses import json_response, path_secret_ok
 
 if TYPE_CHECKING:
-    from bot.rooms import Rooms
+    from bot.rooms.service import Rooms
 
 __all__ = [
     "CALLBACK_PATH",

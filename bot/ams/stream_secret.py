@@ -21,12 +21,12 @@ rotating that secret is the one lever that kills every outstanding link at once
 * **Never lock the admin out.** AMS locks a user for 300 s after 3 failed
   logins. A refused login pauses the job (``next_run_at``) for longer than
   that, in the shared database, so neither this replica nor any other tries
-  again in a loop. :class:`~bot.ams.AmsManagement` also refuses to log in again
+  again in a loop. :class:`~bot.ams.client.AmsManagement` also refuses to log in again
   after a refusal until it is rebuilt (a restart), so a wrong password costs
   one attempt per process start, not one per sweep.
 * **Settings are patched, not replaced.** AMS resets every field left out of a
   settings POST, so the whole object is read, one field changed and all of it
-  posted back (:meth:`~bot.ams.AmsManagement.patch_app_settings`).
+  posted back (:meth:`~bot.ams.client.AmsManagement.patch_app_settings`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot.ams import (
+from bot.ams.client import (
     AmsError,
     AmsLoginFailed,
     AmsManagement,

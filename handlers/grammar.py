@@ -100,7 +100,7 @@ class Kick:
 class Schedule:
     """A team room in this channel. ``when`` is the raw ``<when>`` text.
 
-    It is parsed later by ``bot.schedule.parse_when`` because that needs the
+    It is parsed later by ``bot.schedules.rules.parse_when`` because that needs the
     requester's time zone, which only ``users.info`` knows.
     """
 

@@ -35,9 +35,9 @@ import click
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from bot.doctor import Check
-    from bot.outbox import OutboxWorker
-    from bot.rooms import Rooms
+    from bot.ops.doctor import Check
+    from bot.rooms.service import Rooms
+    from bot.slack.outbox import OutboxWorker
     from bot.store import Store
 
 __all__ = ["COMMANDS", "render_checks"]
@@ -49,7 +49,7 @@ CLI_ACTOR = "cli"
 
 def _settings() -> Settings:
     """The CLI's own loader (exit 2 with one line per problem), imported late: no cycle."""
-    from bot.cli import _settings as load
+    from bot.ops.cli import _settings as load
 
     return load()
 
@@ -134,7 +134,7 @@ def doctor(as_json: bool, manifest: Path | None, timeout: float, verbose: bool) 
     Exits 0 when nothing failed (warnings allowed), 1 otherwise.
     """
     from bot.config import ConfigError, load_settings
-    from bot.doctor import diagnose, failed
+    from bot.ops.doctor import diagnose, failed
 
     try:
         loaded: Settings | None = load_settings()
@@ -182,20 +182,20 @@ def _secret_source(settings: Settings, store: Store) -> Any:
     """Where join tokens get their secret: the rule of ``Services._secret_source``.
 
     With MEETBOT_SECRET_KEY set, the current secret lives encrypted in the
-    database (``bot.stream_secret``); otherwise it is AMS_JWT_SECRET.
+    database (``bot.ams.stream_secret``); otherwise it is AMS_JWT_SECRET.
     """
     if settings.secret_key:
-        from bot.stream_secret import RotatingSecret, Vault
+        from bot.ams.stream_secret import RotatingSecret, Vault
 
         return RotatingSecret(store, Vault(settings.secret_key))
-    from bot.rooms import StaticSecret
+    from bot.rooms.service import StaticSecret
 
     return StaticSecret(settings.ams_jwt_secret or "")
 
 
 def _store(settings: Settings) -> Store:
     """The bot's store; refuses to conjure an empty SQLite file out of a typo."""
-    from bot.doctor import sqlite_missing
+    from bot.ops.doctor import sqlite_missing
     from bot.store import Store
 
     missing = sqlite_missing(settings.database_url)
@@ -209,10 +209,10 @@ def _store(settings: Settings) -> Store:
 
 def build_ops(settings: Settings) -> Ops:
     """Store, AMS client, Slack gateway, Rooms and an outbox worker that is not started."""
-    from bot.ams import AmsClient
-    from bot.notify import SlackGateway
-    from bot.outbox import OutboxWorker, worker_id
-    from bot.rooms import Rooms
+    from bot.ams.client import AmsClient
+    from bot.rooms.service import Rooms
+    from bot.slack.gateway import SlackGateway
+    from bot.slack.outbox import OutboxWorker, worker_id
 
     store = _store(settings)
     ams = AmsClient(
@@ -718,7 +718,7 @@ def reconcile_now(as_json: bool) -> None:
     database does not know or knows as ended, and end rooms gone from AMS."""
     import time as _time
 
-    from bot.reconcile import reconcile
+    from bot.ams.reconcile import reconcile
 
     settings = _settings()
     _quiet_logging(settings)

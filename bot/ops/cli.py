@@ -32,9 +32,9 @@ def serve(host: str) -> None:
     """Run the bot (HTTP mode on PORT, or Socket Mode with SLACK_APP_TOKEN)."""
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
-    from bot.app import ListenError, SocketModeError
-    from bot.app import serve as run
-    from bot.stream_secret import StreamSecretError
+    from bot.ams.stream_secret import StreamSecretError
+    from bot.services import ListenError, SocketModeError
+    from bot.services import serve as run
 
     try:
         run(settings, host=host)
@@ -56,7 +56,7 @@ def schedules(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List team-room schedules; `schedules cancel <id>` stops one."""
     if ctx.invoked_subcommand is not None:
         return
-    from bot.schedules import schedules_report
+    from bot.schedules.service import schedules_report
     from bot.store import Store
 
     store = Store(_settings().database_url)
@@ -73,7 +73,7 @@ def schedules_cancel(schedule_id: int) -> None:
     """Stop a schedule as the operator (audited as "cli"; no Slack needed)."""
     import time
 
-    from bot.schedules import cancel_schedule
+    from bot.schedules.service import cancel_schedule
     from bot.store import Store
 
     store = Store(_settings().database_url)
@@ -106,9 +106,8 @@ def rotate_secret() -> None:
     import socket
     import time
 
-    from bot.ams import AmsError
-    from bot.store import Store
-    from bot.stream_secret import (
+    from bot.ams.client import AmsError
+    from bot.ams.stream_secret import (
         StreamSecretError,
         Vault,
         bootstrap,
@@ -116,6 +115,7 @@ def rotate_secret() -> None:
         reconcile,
         rotate,
     )
+    from bot.store import Store
 
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
@@ -155,13 +155,13 @@ def rotate_secret() -> None:
 
 
 # Operator tools (doctor, rooms, link, db, healthcheck) live in bot/admin.py.
-from bot.admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs `main` defined
+from bot.ops.admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs `main` defined
 
 for _command in _ADMIN_COMMANDS:
     main.add_command(_command)
 
 # `meetbot demo`: the real bot against local Slack and AMS stand-ins (bot/demo.py).
-from bot.demo import demo_command as _demo_command  # noqa: E402 - needs `main` defined
+from bot.ops.demo import demo_command as _demo_command  # noqa: E402 - needs `main` defined
 
 main.add_command(_demo_command)
 

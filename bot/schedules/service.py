@@ -34,13 +34,13 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from bot import messages
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor
-from bot.notify import SlackGateway, UnknownUser, acting_for
-from bot.rooms import OpenRequest, RoomError, Rooms
-from bot.schedule import Recurrence, next_run, parse_when
+from bot.rooms.service import OpenRequest, RoomError, Rooms
+from bot.schedules.rules import Recurrence, next_run, parse_when
+from bot.slack import messages
+from bot.slack.gateway import SlackGateway, UnknownUser, acting_for
 from bot.store import Occurrence, Room, RoomState, Schedule, Store
 from bot.tokens import new_room_id
 

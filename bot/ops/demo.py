@@ -54,7 +54,7 @@ import click
 if TYPE_CHECKING:
     import requests
 
-    from bot.app import Services
+    from bot.services import Services
     from bot.sim.ams import AmsDouble, RecordedRequest
     from bot.sim.slack import Call, SlackDouble, SlackSender
 
@@ -303,8 +303,8 @@ class Demo:
         """Doubles, store, bot, HTTP server, outbox and scheduler: as ``serve`` wires them."""
         import secrets as rand
 
-        from bot.app import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
         from bot.config import Settings
+        from bot.services import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
         from bot.sim.ams import AmsDouble
         from bot.sim.slack import SlackDouble, SlackSender
 

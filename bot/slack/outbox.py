@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.logs import ContextThreadPoolExecutor, with_correlation
-from bot.notify import SLACK_TIMEOUT_S, SlackGateway, SlackSendError, acting_for
+from bot.slack.gateway import SLACK_TIMEOUT_S, SlackGateway, SlackSendError, acting_for
 from bot.store import Outbox, OutboxState, Store, now
 
 log = logging.getLogger("meetbot.outbox")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.ams import (
+from bot.ams.client import (
     AmsBadRestJwt,
     AmsClient,
     AmsError,
@@ -275,7 +275,7 @@ def _database_checks(settings: Settings, timeout: float) -> tuple[Check, list[tu
 def _rotated_secrets(conn: Any, settings: Settings) -> list[tuple[str, str]]:
     """With MEETBOT_SECRET_KEY set, the stream secrets the bot stored: ``[(state, secret)]``.
 
-    Then the bot signs with the stored ``current`` secret (``bot.stream_secret``),
+    Then the bot signs with the stored ``current`` secret (``bot.ams.stream_secret``),
     encrypted with that key (Fernet). Anything unreadable is left out: the
     stream secret check then falls back to AMS_JWT_SECRET, which is what the
     bot seeds the store with on its first start.

@@ -29,22 +29,9 @@ from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
-from bot import reconcile as ams_reconcile
-from bot.ams import AmsClient, AmsError, AmsManagement, is_enterprise
-from bot.calls import CALL_JOIN_PREFIX, HOOK_PREFIX, SlackCalls, handle_hook
-from bot.config import Settings
-from bot.http import json_response
-from bot.joinlinks import JOIN_PREFIX, handle_join
-from bot.logs import correlation_id, with_correlation
-from bot.metrics import Metrics, Readiness
-from bot.notify import SlackGateway, acting_for
-from bot.outbox import OutboxWorker, worker_id
-from bot.revocation import WEBHOOK_PREFIX, handle_webhook
-from bot.rooms import Rooms, SecretSource, StaticSecret
-from bot.scheduler import Scheduler
-from bot.schedules import Schedules
-from bot.store import Store
-from bot.stream_secret import (
+from bot.ams import reconcile as ams_reconcile
+from bot.ams.client import AmsClient, AmsError, AmsManagement, is_enterprise
+from bot.ams.stream_secret import (
     RotatingSecret,
     Vault,
     bootstrap,
@@ -52,7 +39,20 @@ from bot.stream_secret import (
     reconcile,
     rotate,
 )
-from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
+from bot.config import Settings
+from bot.logs import correlation_id, with_correlation
+from bot.metrics import Metrics, Readiness
+from bot.rooms.links import JOIN_PREFIX, handle_join
+from bot.rooms.revocation import WEBHOOK_PREFIX, handle_webhook
+from bot.rooms.service import Rooms, SecretSource, StaticSecret
+from bot.schedules.service import Schedules
+from bot.schedules.ticker import Scheduler
+from bot.slack.calls import CALL_JOIN_PREFIX, HOOK_PREFIX, SlackCalls, handle_hook
+from bot.slack.gateway import SlackGateway, acting_for
+from bot.slack.outbox import OutboxWorker, worker_id
+from bot.slack.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
+from bot.store import Store
+from bot.web.responses import json_response
 
 log = logging.getLogger("meetbot.app")
 

@@ -21,14 +21,15 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot import joinlinks, messages
-from bot.ams import AmsClient, AmsError, AmsIdTaken, AmsNotFound
-from bot.calls import participant_stream_id
+from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsNotFound
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
-from bot.notify import SlackGateway, UnknownUser, UserInfo, acting_for
-from bot.outbox import OutboxWorker, Rendered
+from bot.rooms import links as joinlinks
+from bot.slack import messages
+from bot.slack.calls import participant_stream_id
+from bot.slack.gateway import SlackGateway, UnknownUser, UserInfo, acting_for
+from bot.slack.outbox import OutboxWorker, Rendered
 from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
 from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
 

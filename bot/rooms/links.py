@@ -37,7 +37,7 @@ from bot.config import Settings
 from bot.store import Grant, Room, RoomState, Store
 
 if TYPE_CHECKING:
-    from bot.rooms import Rooms
+    from bot.rooms.service import Rooms
 
 __all__ = [
     "JOIN_PREFIX",
