@@ -17,7 +17,7 @@ import requests
 import sqlalchemy as sa
 
 from bench.harness import TEAM, BenchFailure
-from bot.rooms.service import ams_marker
+from bot.ams.marker import ams_marker
 from bot.sim.ams import AmsDouble
 from bot.store import Grant, Room, RoomState
 

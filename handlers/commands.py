@@ -79,11 +79,9 @@ def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
         case grammar.Schedules() | grammar.Unschedule():
             schedule_commands.handle(cmd, ack, command, services)
         case grammar.Kick(room_id=room_id, user_id=target):
-            from bot.rooms.revocation import kick
-
             ack(text=f"Removing <@{target}> from room `{room_id}`…")
             services.submit(
-                kick, rooms, team, room_id, user, target, response_url, reply_to=response_url
+                rooms.kick, team, room_id, user, target, response_url, reply_to=response_url
             )
         case _:
             ack(text="That part of `/meet` is not available yet. Try `/meet help`.")

@@ -7,7 +7,7 @@ must use the ``trigger_id`` within 3 s, so it runs in the listener.
 
 Clicks on the Home carry no ``response_url``. Their outcome (a refusal, a
 confirmation) goes onto the person's Home as a notice, through
-``bot.rooms.service.replies_to``. Permissions are never checked here: the Rooms and
+``bot.rooms.replies.replies_to``. Permissions are never checked here: the Rooms and
 Schedules methods check them server-side, so a forged click is refused there
 exactly like a real one.
 """
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from bot.home import view as home
 from bot.home.tab import HomeTab
 from bot.logs import ContextThreadPoolExecutor
-from bot.rooms.service import OpenRequest, replies_to
+from bot.rooms.replies import replies_to
+from bot.rooms.service import OpenRequest
 from bot.slack.gateway import UnknownUser, UserInfo
 from handlers import views
 from handlers.topics import clean_topic
@@ -229,20 +230,13 @@ def open_new_room_modal(client: WebClient, trigger_id: str, services: Services) 
 
 
 def register(app: App, services: Services) -> None:
-    """Wire the App Home: the event, its buttons, the New-room modal, and the refresh hook."""
-    tab = HomeTab(
-        services.store,
-        services.schedules,
-        services.slack,
-        # Its own flushes run in whichever process changed the room: a flush
-        # handed to the worker would publish the worker's pending Homes, not ours.
-        services.submit,
-        max_ttl=services.settings.max_room_ttl,
-    )
-    # Room changes (open, end, extend, kick; from any thread) republish the
-    # Homes of the people concerned, coalesced, off the ack path.
-    services.rooms.on_change = tab.changed
-    services.on_stop.append(tab.close)
+    """Wire the App Home: the event, its buttons and the New-room modal.
+
+    Room changes republish the Homes concerned by themselves (``services.home``
+    is the rooms' ``on_change``); these listeners draw a Home when it is opened
+    and act on its buttons.
+    """
+    tab = services.home
 
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any], body: dict[str, Any]) -> None:

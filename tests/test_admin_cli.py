@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from bot.config import load_settings
-from bot.ops.admin import build_ops, send_owed_edits
+from bot.ops.admin import send_owed_edits
 from bot.ops.cli import main
 from bot.rooms.service import OpenRequest
+from bot.services import Services
 from bot.store import Audit, Grant, Room, RoomState, Store
 from tests.conftest import (
     ADMIN,
@@ -75,9 +76,9 @@ def env(monkeypatch, ams, slack, db_url) -> dict:
 
 @pytest.fixture
 def ops(env):
-    built = build_ops(load_settings(env))
+    built = Services(load_settings(env), owner="cli:test")
     yield built
-    built.close()
+    built.stop()
 
 
 _channels = iter(range(100, 10_000))
@@ -309,8 +310,8 @@ def test_reconcile_command_removes_a_stray_bot_room(tmp_path, ams, slack):
     from click.testing import CliRunner
 
     from bot.ams.client import AmsClient
+    from bot.ams.marker import ams_marker
     from bot.ops.cli import main
-    from bot.rooms.service import ams_marker
     from tests.conftest import bot_env
 
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db")

@@ -47,9 +47,10 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
 from bot.rooms.service import OpenRequest
-from bot.services import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
+from bot.services import Services
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
+from bot.web.app import MAX_BODY_BYTES
 from handlers import grammar
 from tests.conftest import (
     ALICE,
@@ -145,7 +146,7 @@ class Stack:
             )
         )
         self.services.store.migrate()
-        self.app = wsgi_app(self.services, build_bolt_app(self.services))
+        self.app = self.services.wsgi_app(self.services.bolt_app())
         self.futures: list[Future[Any]] = []
         submit = self.services.submit
 

@@ -316,7 +316,7 @@ def test_a_burst_of_changes_publishes_each_home_once_and_close_drops_the_rest():
 
     fake = _Recorder()
     pool = ThreadPoolExecutor(4)
-    tab = HomeTab(fake, fake, fake, pool.submit, debounce=0.1)
+    tab = HomeTab(fake, fake, pool.submit, fake.list_all, debounce=0.1)
     for _ in range(50):
         tab.changed(TEAM, [ALICE, BOB])
         tab.changed(TEAM, [BOB, CAROL])
@@ -351,7 +351,7 @@ def test_only_homes_someone_has_opened_are_kept_current():
     fake = _Recorder()
     fake.viewers = {ALICE}
     pool = ThreadPoolExecutor(4)
-    tab = HomeTab(fake, fake, fake, pool.submit, debounce=0.05)
+    tab = HomeTab(fake, fake, pool.submit, fake.list_all, debounce=0.05)
     tab.changed(TEAM, [ALICE, BOB, CAROL])
     wait_for(lambda: fake.published)
     time.sleep(0.2)
@@ -364,15 +364,15 @@ def test_only_homes_someone_has_opened_are_kept_current():
     pool.shutdown(wait=True)
 
 
-def test_a_notice_from_the_front_reaches_the_home(bot, sender, slack, monkeypatch):
-    """New room with a dead trigger: the listener (in the front) tells the Home itself."""
+def test_a_notice_from_a_listener_reaches_the_home(bot, sender, slack, monkeypatch):
+    """New room with a dead trigger: the listener tells the Home itself."""
     open_home(sender, ALICE)
     wait_for(lambda: home_of(slack, ALICE))
     monkeypatch.setattr(slack, "issue_trigger_id", lambda user=None: "not-a-trigger")
     home_click(sender, slack, ALICE, home.ACTION_NEW_ROOM)
     wait_for(lambda: "couldn't open the form" in notice(home_of(slack, ALICE)))
 
-    # And again: the front's Home publisher is not stuck after its first flush.
+    # And again: the Home publisher is not stuck after its first flush.
     def publishes() -> int:
         return len([c for c in slack.calls_to("views.publish") if c.args.get("user_id") == ALICE])
 

@@ -20,9 +20,9 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from bot.services import MAX_BODY_BYTES
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble, SlackSender
+from bot.web.app import MAX_BODY_BYTES
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM, BotProcess, bot_env, sender_for, wait_for
 from tests.helpers import creates, db_rows, dm_links, response_texts, rooms_on_ams, token_of
 

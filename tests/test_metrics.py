@@ -283,7 +283,7 @@ def test_socket_mode_requests_get_a_cid_too(tmp_path, ams, slack):
 
     from bot.config import load_settings
     from bot.logs import correlation_id
-    from bot.services import Services, build_bolt_app
+    from bot.services import Services
 
     settings = load_settings(
         {
@@ -306,7 +306,7 @@ def test_socket_mode_requests_get_a_cid_too(tmp_path, ams, slack):
     services = Services(settings)
     services.store.migrate()
     try:
-        app = build_bolt_app(services, listeners=[register])
+        app = services.bolt_app(listeners=[register])
         body = {"command": "/meet", "text": "", "team_id": TEAM, "user_id": ALICE}
         for _ in range(2):
             resp = app.dispatch(BoltRequest(body=dict(body), mode="socket_mode"))

@@ -20,9 +20,12 @@ from click.testing import CliRunner
 from sqlalchemy import update
 
 from bot.ams.client import AmsClient
+from bot.ams.marker import ams_marker
+from bot.ams.stream_secret import StaticSecret
 from bot.config import Settings
 from bot.ops.cli import main
-from bot.rooms.service import Rooms, StaticSecret, ams_marker
+from bot.rooms.links import Links
+from bot.rooms.service import Rooms
 from bot.schedules.service import (
     FIRE_LEASE_S,
     RETRY_BASE_S,
@@ -99,9 +102,12 @@ def make_replica(
             store.migrate()
         client = AmsClient(ams.url, "Conference", timeout=(1.0, 2.0), retries=1, backoff=0.01)
         gateway = SlackGateway(BOT_TOKEN, slack.api_url)
-        rooms = Rooms(settings, store, client, gateway, StaticSecret(STREAM_SECRET), clock=clock)
-        outbox = OutboxWorker(store, gateway, rooms, workers=4, poll_interval=0.1)
-        rooms.outbox = outbox
+        secret = StaticSecret(STREAM_SECRET)
+        links = Links(settings, store, secret)
+        outbox = OutboxWorker(store, gateway, links, workers=4, poll_interval=0.1)
+        rooms = Rooms(
+            settings, store, client, gateway, secret, links, outbox, owner="rooms", clock=clock
+        )
         outbox.start()
         replica = Replica(
             store, rooms, Schedules(settings, store, rooms, gateway, clock=clock), outbox, client

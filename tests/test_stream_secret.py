@@ -27,8 +27,6 @@ from bot.ams.stream_secret import (
     NoCurrentSecret,
     RotatingSecret,
     StreamSecretError,
-    Vault,
-    VaultError,
     bootstrap,
     build_management,
     reconcile,
@@ -39,6 +37,7 @@ from bot.ops.cli import main
 from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD, AmsDouble
 from bot.store import Audit, Job, Store, StreamSecret
 from bot.tokens import mint_join_token
+from bot.vault import Vault, VaultError
 
 OLD = "stream-secret-0123456789-0123456789-abcdef"
 SERVER_SECRET = "server-secret-0123456789-0123456789-abcdef"

@@ -15,16 +15,31 @@ import pytest
 from sqlalchemy import select
 
 from bot.ams.client import AmsClient
+from bot.ams.marker import ams_marker
+from bot.ams.stream_secret import StaticSecret
 from bot.config import Settings
-from bot.rooms.service import Rooms, StaticSecret, ams_marker
+from bot.rooms.links import Links
+from bot.rooms.service import Rooms
+from bot.rooms.sweep import Sweep
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
 from bot.slack.gateway import SlackGateway
+from bot.slack.outbox import OutboxWorker
 from bot.store import Audit, Grant, Outbox, Room, RoomState, Store
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM
 
 N_ROOMS = 12
 FAILING = 2  # rooms whose delete AMS keeps refusing
+
+
+class EndedCalls:
+    """Stands in for Slack Calls: records which rooms' Calls the revoke ended."""
+
+    def __init__(self, ended: list[str]) -> None:
+        self.ended = ended
+
+    def room_ended(self, room: Room) -> None:
+        self.ended.append(room.id)
 
 
 @pytest.fixture
@@ -41,7 +56,12 @@ def rooms(sqlite_url: str, ams: AmsDouble, slack: SlackDouble) -> Iterator[Rooms
     store = Store(sqlite_url)
     store.migrate()
     client = AmsClient(ams.url, "Conference", timeout=(1.0, 2.0), retries=1, backoff=0.01)
-    r = Rooms(settings, store, client, SlackGateway(BOT_TOKEN, slack.api_url), StaticSecret("x"))
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    links = Links(settings, store, StaticSecret("x"))
+    outbox = OutboxWorker(store, gateway, links, workers=1)  # never started: rows stay
+    r = Rooms(
+        settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper"
+    )
     yield r
     r.close()
     client.close()
@@ -105,10 +125,10 @@ def test_sweep_records_confirmed_revokes_in_bulk_and_backs_off_refusals(
     changes: list[tuple[str, list[str]]] = []
     ended: list[str] = []
     rooms.on_change = lambda team, users: changes.append((team, users))
-    rooms.on_revoked = lambda room: ended.append(room.id)
+    rooms.calls = EndedCalls(ended)
     ams.clear_requests()
 
-    assert rooms.sweep_expired() == N_ROOMS - FAILING
+    assert Sweep(rooms).expired_rooms() == N_ROOMS - FAILING
 
     store = rooms.store
     with store.read() as s:
@@ -147,13 +167,13 @@ def test_sweep_records_confirmed_revokes_in_bulk_and_backs_off_refusals(
     assert len(changes) < len(revoked)
 
     # The refused rooms wait for their backoff: a sweep right now takes nothing.
-    assert rooms.sweep_expired() == 0
+    assert Sweep(rooms).expired_rooms() == 0
 
 
 def test_a_room_already_revoked_is_not_recorded_again(rooms: Rooms, ams: AmsDouble) -> None:
     ids = seed(rooms, ams)
-    assert [r.id for r in rooms._mark_revoked_many(ids[:3], actor="x", reason="first")] == ids[:3]
-    assert rooms._mark_revoked_many(ids[:4], actor="x", reason="second")[0].id == ids[3]
+    assert [r.id for r in rooms.record_revoked(ids[:3], actor="x", reason="first")] == ids[:3]
+    assert rooms.record_revoked(ids[:4], actor="x", reason="second")[0].id == ids[3]
     with rooms.store.read() as s:
         audits = Counter(
             a.room_id for a in s.scalars(select(Audit).where(Audit.action == "revoke"))

@@ -1,7 +1,7 @@
 """Reconciliation: make AMS and the database agree about meetbot's rooms.
 
 Rooms the bot makes carry a marker in the broadcast's ``metaData``
-(``bot.rooms.service.ams_marker``). Periodically one replica lists AMS's broadcasts:
+(``bot.ams.marker``). Periodically one replica lists AMS's broadcasts:
 a marked room the database does not know, or knows as ended, is stopped and
 deleted (a crash between the AMS create and the database, a slow create that
 landed after the bot gave up, a row removed by hand); an active room that AMS
@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
+from bot import leases
 from bot.ams.client import AmsClient, AmsError
-from bot.rooms.service import Rooms, is_ours
+from bot.ams.marker import is_ours
 from bot.store import Job, Room, RoomState, Store
 
 log = logging.getLogger("meetbot.reconcile")
@@ -48,31 +49,28 @@ class Outcome:
 
 def claim(store: Store, owner: str, now: int, interval: int) -> bool:
     """Take the reconciliation turn if it is due and nobody holds it."""
-    with store.write() as tx:
-        if tx.get(Job, JOB) is None:
-            tx.add(Job(name=JOB, next_run_at=0))
-            tx.flush()
-        taken = tx.execute(
-            update(Job)
-            .where(Job.name == JOB, Job.next_run_at <= now)
-            .where(or_(Job.lease_until.is_(None), Job.lease_until < now))
-            .values(
-                lease_owner=owner, lease_until=now + max(interval, 60), next_run_at=now + interval
-            )
-        ).rowcount
-    return bool(taken)
+    return leases.claim(
+        store,
+        JOB,
+        owner,
+        now=now,
+        lease=max(interval, 60),
+        due=Job.next_run_at <= now,
+        next_run_at=now + interval,
+    )
 
 
 def reconcile(
     store: Store,
     ams: AmsClient,
-    rooms: Rooms,
+    vanished: Callable[[str], bool],
     *,
     now: int,
     progress: Callable[[Iterable[dict[str, Any]]], Iterable[dict[str, Any]]] | None = None,
 ) -> Outcome:
     """One full pass. AMS errors end the pass early; the next turn tries again.
 
+    ``vanished(room_id)`` ends a room here that AMS no longer has (``Rooms.mark_vanished``);
     ``progress`` wraps the list of the bot's rooms on AMS (the CLI's progress bar).
     """
     out = Outcome()
@@ -113,7 +111,7 @@ def reconcile(
             )
         )
     for room_id in active:
-        if room_id not in on_ams and rooms.mark_vanished(room_id):
+        if room_id not in on_ams and vanished(room_id):
             out.vanished.append(room_id)
     if out:
         log.warning("reconciliation: %s", out)
@@ -121,20 +119,21 @@ def reconcile(
 
 
 def run_if_due(
-    store: Store, ams: AmsClient, rooms: Rooms, *, owner: str, now: int, interval: int
+    store: Store,
+    ams: AmsClient,
+    vanished: Callable[[str], bool],
+    *,
+    owner: str,
+    now: int,
+    interval: int,
 ) -> Outcome | None:
     """The sweep's reconciliation step: at most one replica per interval."""
     if not claim(store, owner, now, interval):
         return None
     try:
-        return reconcile(store, ams, rooms, now=now)
+        return reconcile(store, ams, vanished, now=now)
     except AmsError as e:
         log.warning("reconciliation skipped: AMS did not answer (%s)", e)
         return None
     finally:
-        with store.write() as tx:
-            tx.execute(
-                update(Job)
-                .where(Job.name == JOB, Job.lease_owner == owner)
-                .values(lease_owner=None, lease_until=None, last_run_at=now)
-            )
+        leases.release(store, JOB, owner, last_run_at=now)

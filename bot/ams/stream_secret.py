@@ -5,7 +5,7 @@ rotating that secret is the one lever that kills every outstanding link at once
 (``shared/docs/ams.md``). Why the code looks like this:
 
 * **Encrypted at rest.** Secrets are kept with Fernet under
-  ``MEETBOT_SECRET_KEY`` (:class:`Vault`): a database dump or backup is not a
+  ``MEETBOT_SECRET_KEY`` (:class:`~bot.vault.Vault`): a database dump or backup is not a
   credential. Plaintext never goes to logs, audit rows, errors or the database.
 * **Versioned.** Rows are ``pending`` → ``current`` → ``retired``. Grants record
   the version their link was minted with, and the bot re-issues links when the
@@ -40,12 +40,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import and_, func, not_, or_, select, update
+from sqlalchemy import and_, func, not_, select, update
 from sqlalchemy.orm import Session
 
+from bot import leases
 from bot.ams.client import (
     AmsError,
     AmsLoginFailed,
@@ -58,6 +58,7 @@ from bot.ams.client import (
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.store import Job, Store, StreamSecret
+from bot.vault import Vault
 
 __all__ = [
     "ERROR_BACKOFF_S",
@@ -68,10 +69,10 @@ __all__ = [
     "NoCurrentSecret",
     "RotatingSecret",
     "RotationResult",
+    "SecretSource",
     "SecretState",
+    "StaticSecret",
     "StreamSecretError",
-    "Vault",
-    "VaultError",
     "bootstrap",
     "build_management",
     "new_secret",
@@ -108,49 +109,24 @@ class StreamSecretError(Exception):
     """A stream-secret problem an operator must fix. Messages never contain a secret."""
 
 
-class VaultError(StreamSecretError):
-    """MEETBOT_SECRET_KEY is not a Fernet key, or cannot decrypt a stored secret."""
-
-
 class NoCurrentSecret(StreamSecretError):
     """The database holds no ``current`` stream secret, so no link can be minted."""
 
 
-# --------------------------------------------------------------------------- vault
+class SecretSource(Protocol):
+    """Where the current AMS stream secret comes from: ``(version, secret)``."""
+
+    def current(self) -> tuple[int | None, str]: ...
 
 
-class Vault:
-    """Fernet encryption of stored secrets with ``MEETBOT_SECRET_KEY``.
+@dataclass
+class StaticSecret:
+    """``AMS_JWT_SECRET`` as it is, when the bot does not store and rotate the secret."""
 
-    Fernet authenticates as well as encrypts, so a wrong key is detected
-    (:class:`VaultError`) instead of yielding a garbage secret that would
-    silently break every link.
-    """
+    secret: str
 
-    def __init__(self, key: str) -> None:
-        try:
-            self._fernet = Fernet(key.encode("utf-8"))
-        except (ValueError, TypeError, UnicodeError):
-            raise VaultError(
-                "MEETBOT_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes)"
-            ) from None
-
-    def __repr__(self) -> str:
-        return "Vault(key=***)"
-
-    def encrypt(self, plaintext: str) -> str:
-        """The ciphertext (ASCII, safe for a Text column)."""
-        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
-
-    def decrypt(self, ciphertext: str) -> str:
-        """The plaintext; VaultError when the key does not match (it was changed?)."""
-        try:
-            return self._fernet.decrypt(ciphertext.encode("ascii")).decode("utf-8")
-        except (InvalidToken, UnicodeError):
-            raise VaultError(
-                "MEETBOT_SECRET_KEY cannot decrypt a stored AMS stream secret: the key "
-                "differs from the one the secret was stored with"
-            ) from None
+    def current(self) -> tuple[int | None, str]:
+        return None, self.secret
 
 
 def new_secret() -> str:
@@ -304,7 +280,7 @@ def bootstrap(settings: Settings, store: Store, vault: Vault, mgmt: AmsManagemen
         if s.scalar(select(func.count()).select_from(StreamSecret)):
             return  # another replica seeded first
         inserted = s.execute(
-            _insert_ignore(store, StreamSecret).values(
+            leases.insert_ignore(store, StreamSecret).values(
                 version=1,
                 ciphertext=vault.encrypt(secret),
                 state=SecretState.CURRENT,
@@ -654,60 +630,27 @@ def _delete_pending(store: Store, version: int) -> None:
             s.delete(row)
 
 
-def _insert_ignore(store: Store, table: Any) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the dialect in use (SQLite, PostgreSQL)."""
-    if store.engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
-
-
 def _claim(store: Store, owner: str, now: int, *, respect_schedule: bool) -> bool:
-    """Take the rotation lease in one transaction; True when this owner got it.
+    """Take the rotation lease; True when this owner got it (``bot.leases``).
 
-    The row is inserted if missing (no-op on conflict), then a conditional
-    UPDATE takes a free or expired lease. Concurrent claimants serialise on
-    the row (PostgreSQL re-checks the WHERE after the winner commits; SQLite
-    write transactions are IMMEDIATE), so exactly one sees rowcount 1.
     ``respect_schedule`` (rotations) also requires ``next_run_at <= now``;
     reconcile only honours a pause after a refused login.
     """
-    with store.write() as s:
-        s.execute(_insert_ignore(store, Job).values(name=JOB_NAME, next_run_at=0))
-        free = or_(Job.lease_until.is_(None), Job.lease_until < now)
-        if respect_schedule:
-            due = Job.next_run_at <= now
-        else:
-            due = not_(
-                and_(
-                    Job.next_run_at > now,
-                    func.coalesce(Job.last_error, "").like(_LOGIN_PAUSE_PREFIX + "%"),
-                )
+    if respect_schedule:
+        due = Job.next_run_at <= now
+    else:
+        due = not_(
+            and_(
+                Job.next_run_at > now,
+                func.coalesce(Job.last_error, "").like(_LOGIN_PAUSE_PREFIX + "%"),
             )
-        claimed = s.execute(
-            update(Job)
-            .where(Job.name == JOB_NAME, free, due)
-            .values(lease_owner=owner, lease_until=now + LEASE_S)
-        ).rowcount
-    return claimed == 1
+        )
+    return leases.claim(store, JOB_NAME, owner, now=now, lease=LEASE_S, due=due)
 
 
 def _release(store: Store, owner: str, **values: Any) -> None:
-    """Give the lease back (only if still ours) and record ``values`` on the job."""
-    with store.write() as s:
-        if "next_run_at" in values:
-            # Never shorten a pause another path set (e.g. after a refused login).
-            job = s.get(Job, JOB_NAME)
-            if job is not None:
-                values["next_run_at"] = max(values["next_run_at"], job.next_run_at or 0)
-        s.execute(
-            update(Job)
-            .where(Job.name == JOB_NAME, Job.lease_owner == owner)
-            .values(lease_owner=None, lease_until=None, **values)
-        )
+    """Give the rotation lease back (only if still ours) and record ``values`` on the job."""
+    leases.release(store, JOB_NAME, owner, **values)
 
 
 def _why_not_claimed(store: Store, now: int) -> str:
@@ -843,7 +786,7 @@ def _note_login_failure(
         _release(store, owner, next_run_at=until, last_error=_short(e))
     else:
         with store.write() as s:
-            s.execute(_insert_ignore(store, Job).values(name=JOB_NAME, next_run_at=0))
+            s.execute(leases.insert_ignore(store, Job).values(name=JOB_NAME, next_run_at=0))
             job = s.get(Job, JOB_NAME)
             assert job is not None
             job.next_run_at = max(until, job.next_run_at or 0)

@@ -1,6 +1,6 @@
 """Keeps each person's App Home tab current: gathers their rooms, builds, publishes.
 
-``Rooms.on_change`` calls :meth:`HomeTab.changed` from whatever thread changed
+``Rooms`` calls :meth:`HomeTab.changed` (its ``on_change``) from whatever thread changed
 a room (a worker after an ack, the expiry sweep, the outbox). Publishing there
 would put ``views.publish`` calls, and their rate-limit sleeps, on those
 threads; instead the people concerned are marked dirty and one flush, run on
@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from bot.home import view as home
+from bot.home import view
 from bot.logs import ContextThreadPoolExecutor
-from bot.schedules.service import Schedules, describe
+from bot.schedules.service import describe
 from bot.slack.gateway import SlackGateway, SlackSendError, acting_for
-from bot.store import Store
+from bot.store import Schedule, Store
 
 log = logging.getLogger("meetbot.home")
 
@@ -48,16 +48,16 @@ class HomeTab:
     def __init__(
         self,
         store: Store,
-        schedules: Schedules,
         slack: SlackGateway,
         submit: Callable[..., Future[Any]],
+        schedules_of: Callable[[str], Iterable[Schedule]],
         *,
         max_ttl: int | None = None,
         debounce: float = DEBOUNCE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
-        self.schedules = schedules
+        self.schedules_of = schedules_of
         self.slack = slack
         self._submit = submit
         self.max_ttl = max_ttl
@@ -106,11 +106,11 @@ class HomeTab:
         own = self.store.open_rooms_of(team_id, user_id)
         invited = [r for r in self.store.rooms_invited(team_id, user_id) if r.owner_id != user_id]
         mine = [
-            home.ScheduleLine(id=s.id, name=s.name, line=describe(s))
-            for s in self.schedules.list_all(team_id)
+            view.ScheduleLine(id=s.id, name=s.name, line=describe(s))
+            for s in self.schedules_of(team_id)
             if s.creator_id == user_id
         ]
-        return home.home_view(
+        return view.home_view(
             own=own,
             invited=invited,
             schedules=mine,

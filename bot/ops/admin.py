@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bot.ops.common import settings_or_exit
+
 if TYPE_CHECKING:
     from bot.config import Settings
     from bot.ops.doctor import Check
-    from bot.rooms.service import Rooms
-    from bot.slack.outbox import OutboxWorker
+    from bot.services import Services
     from bot.store import Store
 
 __all__ = ["COMMANDS", "render_checks"]
@@ -47,11 +48,7 @@ HEALTHCHECK_TIMEOUT_S = 2.0
 CLI_ACTOR = "cli"
 
 
-def _settings() -> Settings:
-    """The CLI's own loader (exit 2 with one line per problem), imported late: no cycle."""
-    from bot.ops.cli import _settings as load
-
-    return load()
+_settings = settings_or_exit
 
 
 def _quiet_logging(settings: Settings | None, *, verbose: bool = False) -> None:
@@ -163,36 +160,6 @@ def doctor(as_json: bool, manifest: Path | None, timeout: float, verbose: bool) 
 # --------------------------------------------------------------------------- shared plumbing
 
 
-@dataclass
-class Ops:
-    """The few services an operator command needs, built like ``Services`` builds them."""
-
-    settings: Settings
-    store: Store
-    rooms: Rooms
-    outbox: OutboxWorker
-
-    def close(self) -> None:
-        self.outbox.stop(timeout=1)
-        self.rooms.ams.close()
-        self.store.dispose()
-
-
-def _secret_source(settings: Settings, store: Store) -> Any:
-    """Where join tokens get their secret: the rule of ``Services._secret_source``.
-
-    With MEETBOT_SECRET_KEY set, the current secret lives encrypted in the
-    database (``bot.ams.stream_secret``); otherwise it is AMS_JWT_SECRET.
-    """
-    if settings.secret_key:
-        from bot.ams.stream_secret import RotatingSecret, Vault
-
-        return RotatingSecret(store, Vault(settings.secret_key))
-    from bot.rooms.service import StaticSecret
-
-    return StaticSecret(settings.ams_jwt_secret or "")
-
-
 def _store(settings: Settings) -> Store:
     """The bot's store; refuses to conjure an empty SQLite file out of a typo."""
     from bot.ops.doctor import sqlite_missing
@@ -207,28 +174,14 @@ def _store(settings: Settings) -> Store:
     return Store(settings.database_url)
 
 
-def build_ops(settings: Settings) -> Ops:
-    """Store, AMS client, Slack gateway, Rooms and an outbox worker that is not started."""
-    from bot.ams.client import AmsClient
-    from bot.rooms.service import Rooms
-    from bot.slack.gateway import SlackGateway
-    from bot.slack.outbox import OutboxWorker, worker_id
+def _services(settings: Settings) -> Services:
+    """The bot as ``serve`` builds it (``bot.services``), started never: operator commands
+    call its parts directly. Leases it takes are named ``cli:<host>:<random>``."""
+    from bot.services import Services
+    from bot.slack.outbox import worker_id
 
-    store = _store(settings)
-    ams = AmsClient(
-        settings.ams_url,
-        settings.ams_app,
-        rest_jwt_secret=settings.ams_rest_jwt_secret,
-        timeout=(3.05, settings.ams_timeout),
-    )
-    slack = SlackGateway(settings.slack_bot_token, settings.slack_api_url)
-    rooms = Rooms(settings, store, ams, slack, _secret_source(settings, store))
-    rooms.owner = f"cli:{worker_id()}"[:64]  # lease_owner columns are 64 wide
-    outbox = OutboxWorker(
-        store, slack, rooms, workers=1, owner=rooms.owner, lease=settings.outbox_lease
-    )
-    rooms.outbox = outbox
-    return Ops(settings, store, rooms, outbox)
+    _store(settings).dispose()  # refuses to conjure an empty SQLite file out of a typo
+    return Services(settings, owner=f"cli:{worker_id()}"[:64])  # lease columns are 64 wide
 
 
 @contextmanager
@@ -371,7 +324,7 @@ class EndResult:
     message: str
 
 
-def end_room(ops: Ops, room_id: str, *, reason: str) -> EndResult:
+def end_room(ops: Services, room_id: str, *, reason: str) -> EndResult:
     """Revoke one room as ``/meet end`` would, actor ``cli``; says why when it cannot."""
     from bot.store import RoomState
 
@@ -390,7 +343,7 @@ def end_room(ops: Ops, room_id: str, *, reason: str) -> EndResult:
     return EndResult(room_id, False, "AMS did not confirm (see the warning above); will be retried")
 
 
-def send_owed_edits(ops: Ops, room_ids: Sequence[str], *, progress: bool) -> tuple[int, int]:
+def send_owed_edits(ops: Services, room_ids: Sequence[str], *, progress: bool) -> tuple[int, int]:
     """Send the Slack edits the ended rooms owe (DMs and cards say "ended").
 
     Claims only these rooms' rows, so work owed elsewhere stays with the running
@@ -468,7 +421,7 @@ def rooms_end(
         raise click.UsageError("give room ids, or --all-expired, or --all (one of them)")
     settings = _settings()
     _quiet_logging(settings)
-    ops = build_ops(settings)
+    ops = _services(settings)
     try:
         with _database_errors(settings):
             if all_expired:
@@ -492,7 +445,7 @@ def rooms_end(
             ended = [r.room_id for r in results if r.ok]
             sent, left = send_owed_edits(ops, ended, progress=not as_json)
     finally:
-        ops.close()
+        ops.stop()
     if as_json:
         click.echo(
             json.dumps(
@@ -517,7 +470,7 @@ def rooms_end(
         sys.exit(1)
 
 
-def _end_many(ops: Ops, ids: list[str], *, reason: str, progress: bool) -> list[EndResult]:
+def _end_many(ops: Services, ids: list[str], *, reason: str, progress: bool) -> list[EndResult]:
     if progress and len(ids) > 1:
         with click.progressbar(ids, label="Ending rooms", file=sys.stderr) as bar:
             return [end_room(ops, room_id, reason=reason) for room_id in bar]
@@ -532,8 +485,7 @@ class LinkRefused(Exception):
 
 
 def support_link(
-    store: Store,
-    settings: Settings,
+    services: Services,
     room_id: str,
     user_id: str,
     *,
@@ -551,8 +503,9 @@ def support_link(
     from bot.store import Grant, Room, RoomState
     from bot.tokens import circle_link, mint_join_token, new_jti
 
+    store, settings = services.store, services.settings
     try:
-        version, secret = _secret_source(settings, store).current()
+        version, secret = services.secrets.current()
     except Exception as e:  # NoCurrentSecret, VaultError: their messages hold no secret
         raise LinkRefused(f"no stream secret to sign with: {e}") from None
     if not secret:
@@ -622,14 +575,14 @@ def link(room_id: str, user_id: str, name: str | None, as_json: bool) -> None:
         raise click.BadParameter("a Slack user id looks like U012ABCDEF", param_hint="--user")
     settings = _settings()
     _quiet_logging(settings)
-    store = _store(settings)
+    services = _services(settings)
     try:
         with _database_errors(settings):
-            url, exp = support_link(store, settings, room_id, user_id, display_name=name)
+            url, exp = support_link(services, room_id, user_id, display_name=name)
     except LinkRefused as e:
         raise click.ClickException(str(e)) from None
     finally:
-        store.dispose()
+        services.stop()
     if as_json:
         click.echo(json.dumps({"room_id": room_id, "user": user_id, "link": url, "exp": exp}))
     else:
@@ -722,7 +675,7 @@ def reconcile_now(as_json: bool) -> None:
 
     settings = _settings()
     _quiet_logging(settings)
-    ops = build_ops(settings)
+    ops = _services(settings)
 
     def walk(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         items = list(items)
@@ -735,11 +688,11 @@ def reconcile_now(as_json: bool) -> None:
     try:
         with _database_errors(settings):
             out = reconcile(
-                ops.store, ops.rooms.ams, ops.rooms, now=int(_time.time()), progress=walk
+                ops.store, ops.ams, ops.rooms.mark_vanished, now=int(_time.time()), progress=walk
             )
             sent, left = send_owed_edits(ops, out.vanished, progress=False)
     finally:
-        ops.close()
+        ops.stop()
     if as_json:
         click.echo(json.dumps({"seen": out.seen, "removed": out.deleted, "ended": out.vanished}))
     else:

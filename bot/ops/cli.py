@@ -6,19 +6,10 @@ import sys
 
 import click
 
-from bot.config import ConfigError, Settings, load_settings
 from bot.logs import setup_logging
+from bot.ops.common import settings_or_exit
 
-
-def _settings() -> Settings:
-    """Load the configuration or stop with exit code 2 and one line per problem."""
-    try:
-        return load_settings()
-    except ConfigError as e:
-        click.echo("meetbot: the configuration has problems:", err=True)
-        for problem in e.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
+_settings = settings_or_exit
 
 
 @click.group()
@@ -33,12 +24,13 @@ def serve(host: str) -> None:
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
     from bot.ams.stream_secret import StreamSecretError
-    from bot.services import ListenError, SocketModeError
-    from bot.services import serve as run
+    from bot.server import ListenError, SocketModeError
+    from bot.server import serve as run
+    from bot.vault import VaultError
 
     try:
         run(settings, host=host)
-    except StreamSecretError as e:
+    except (StreamSecretError, VaultError) as e:
         # A wrong MEETBOT_SECRET_KEY, or no secret to be had: a configuration
         # problem, reported like one.
         click.echo(f"meetbot: {e}", err=True)
@@ -109,13 +101,13 @@ def rotate_secret() -> None:
     from bot.ams.client import AmsError
     from bot.ams.stream_secret import (
         StreamSecretError,
-        Vault,
         bootstrap,
         build_management,
         reconcile,
         rotate,
     )
     from bot.store import Store
+    from bot.vault import Vault, VaultError
 
     settings = _settings()
     setup_logging(settings.log_level, settings.log_format, settings.secrets())
@@ -138,7 +130,7 @@ def rotate_secret() -> None:
         click.echo(f"reconcile: {reconcile(settings, store, vault, mgmt)}")
         owner = f"cli:{socket.gethostname()}:{os.getpid()}"
         result = rotate(settings, store, vault, mgmt, owner=owner, now=int(time.time()), force=True)
-    except (AmsError, StreamSecretError) as e:
+    except (AmsError, StreamSecretError, VaultError) as e:
         click.echo(f"meetbot: the AMS stream secret was not rotated: {e}", err=True)
         sys.exit(1)
     finally:
@@ -154,13 +146,13 @@ def rotate_secret() -> None:
     )
 
 
-# Operator tools (doctor, rooms, link, db, healthcheck) live in bot/admin.py.
+# Operator tools (doctor, rooms, link, db, healthcheck, reconcile) live in bot/ops/admin.py.
 from bot.ops.admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs `main` defined
 
 for _command in _ADMIN_COMMANDS:
     main.add_command(_command)
 
-# `meetbot demo`: the real bot against local Slack and AMS stand-ins (bot/demo.py).
+# `meetbot demo`: the real bot against local Slack and AMS stand-ins (bot/ops/demo.py).
 from bot.ops.demo import demo_command as _demo_command  # noqa: E402 - needs `main` defined
 
 main.add_command(_demo_command)

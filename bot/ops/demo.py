@@ -2,9 +2,9 @@
 
 Why it exists: a newcomer with neither a Slack workspace nor an Ant Media
 Server should see the whole product work within a minute of cloning. So this
-runs the *same* code as ``meetbot serve`` (``Services``, ``build_bolt_app`` with
+runs the *same* code as ``meetbot serve`` (``Services``, its Bolt app with
 the listeners found through the ``meetbot.listeners`` entry point,
-``wsgi_app`` on a waitress server, the outbox worker and the scheduler, the
+its WSGI app on a waitress server, the outbox worker and the scheduler, the
 store on a temporary SQLite file) and points it at the loopback doubles of
 Slack's Web API (``bot.sim.slack.SlackDouble``) and of AMS
 (``bot.sim.ams.AmsDouble``). What the person types is turned into the signed
@@ -304,9 +304,10 @@ class Demo:
         import secrets as rand
 
         from bot.config import Settings
-        from bot.services import MAX_BODY_BYTES, Services, build_bolt_app, wsgi_app
+        from bot.services import Services
         from bot.sim.ams import AmsDouble
         from bot.sim.slack import SlackDouble, SlackSender
+        from bot.web.app import MAX_BODY_BYTES
 
         try:
             signing_secret = rand.token_hex(16)
@@ -353,11 +354,11 @@ class Demo:
             self.services = services
             self._started.append(services.store.dispose)
             services.store.migrate()
-            bolt_app = build_bolt_app(services)
+            bolt_app = services.bolt_app()
             services.start()
             self._started.append(services.stop)
             # Stopped before the services, as `serve` does: no new requests first.
-            self.server = _LoopbackServer(wsgi_app(services, bolt_app), MAX_BODY_BYTES)
+            self.server = _LoopbackServer(services.wsgi_app(bolt_app), MAX_BODY_BYTES)
             self._started.append(self.server.stop)
             self.server.start()
             self.sender = SlackSender(

@@ -1,10 +1,16 @@
-"""Click-time join links: ``{MEETBOT_PUBLIC_URL}/join/<id>`` instead of a token in the DM.
+"""Personal links: what goes into a DM, and the messages the outbox sends.
 
-Why: a Circle link carries a JWT that works for anyone who holds it until its
-``exp``. A DM, its push notification, an email digest or a forwarded message
-would keep that token around. With ``MEETBOT_PUBLIC_URL`` set, the DM holds an
-opaque id instead, and the token is minted only when the person clicks, with
-the *current* stream secret, for a grant that is still valid at that moment.
+A personal link is either the Circle link itself, with a token minted at the
+moment the message is rendered (``{AMS_URL}/{app}/{room}?token=…``), or, with
+``MEETBOT_PUBLIC_URL``, a click-time link ``{MEETBOT_PUBLIC_URL}/join/<id>``
+that mints the token only when clicked (``bot/web/join.py``).
+
+Why click-time links: a Circle link carries a JWT that works for anyone who
+holds it until its ``exp``. A DM, its push notification, an email digest or a
+forwarded message would keep that token around. With ``MEETBOT_PUBLIC_URL``
+set, the DM holds an opaque id instead, and the token is minted only when the
+person clicks, with the *current* stream secret, for a grant that is still
+valid at that moment.
 
 The id must be renderable again (DMs are rendered at send time and re-rendered
 on every edit) yet never stored in clear, so it is *derived*:
@@ -17,6 +23,10 @@ therefore yields no working link. Changing the key (setting
 ``MEETBOT_SECRET_KEY`` later, or regenerating Slack's signing secret) changes
 every id: old DMs then show the "unknown link" page until they are re-rendered
 or the person presses "Get my link".
+
+Every message the outbox sends is rendered here, from the database as it is
+at send time (:meth:`Links.render`), so a DM sent late still says the right
+thing and a token exists only in memory.
 """
 
 from __future__ import annotations
@@ -24,37 +34,42 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
+import secrets
 import threading
-from collections.abc import Callable, Iterable
-from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 
+from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
-from bot.store import Grant, Room, RoomState, Store
-
-if TYPE_CHECKING:
-    from bot.rooms.service import Rooms
+from bot.slack import messages
+from bot.slack.outbox import Rendered
+from bot.store import Grant, Outbox, Room, RoomState, Store
+from bot.tokens import ROOM_ID_RE, circle_link, mint_join_token
 
 __all__ = [
     "JOIN_PREFIX",
+    "Links",
     "derive_key",
-    "handle_join",
     "join_id",
     "link_hash",
     "lookup",
-    "public_link",
+    "parse_stream_id",
+    "participant_stream_id",
 ]
 
-log = logging.getLogger("meetbot.joinlinks")
+log = logging.getLogger("meetbot.links")
 
 JOIN_PREFIX = "/join/"
 _KEY_LABEL = b"meetbot/join-link/v1"
+_STREAM_LABEL = b"meetbot/call-stream/v1"
 # base64url of a 32-byte HMAC, without padding: exactly 43 characters.
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{43}", re.ASCII)
+_USER_RE = re.compile(r"[UW][A-Z0-9]{1,31}", re.ASCII)
+_SUFFIX_RE = re.compile(r"[0-9a-f]{24}", re.ASCII)
 _warned_no_key = threading.Event()
 
 
@@ -84,36 +99,6 @@ def link_hash(link_id: str) -> str:
     return hashlib.sha256(link_id.encode("ascii")).hexdigest()
 
 
-def public_link(rooms: Rooms, room: Room, grant: Grant) -> str | None:
-    """``{MEETBOT_PUBLIC_URL}/join/<id>`` for a grant, recording its hash if needed.
-
-    Returns None when click-time links are off (no public URL) or no key can be
-    derived (Socket Mode without ``MEETBOT_SECRET_KEY``); the caller then sends
-    the direct Circle link as before. The hash is written the first time a
-    grant's link is rendered (and again if the key changed): a link exists only
-    once rendered, so there is nothing to look up before that.
-    """
-    settings = rooms.settings
-    if not settings.public_url:
-        return None
-    key = derive_key(settings)
-    if key is None:
-        if not _warned_no_key.is_set():
-            _warned_no_key.set()
-            log.warning(
-                "MEETBOT_PUBLIC_URL is set but neither MEETBOT_SECRET_KEY nor "
-                "SLACK_SIGNING_SECRET is: sending direct Circle links instead of /join links"
-            )
-        return None
-    link_id = join_id(key, grant)
-    digest = link_hash(link_id)
-    if grant.link_hash != digest:
-        with rooms.store.write() as tx:
-            tx.execute(update(Grant).where(Grant.id == grant.id).values(link_hash=digest))
-        grant.link_hash = digest
-    return f"{settings.public_url.rstrip('/')}{JOIN_PREFIX}{link_id}"
-
-
 def lookup(store: Store, key: bytes, link_id: str) -> tuple[Grant, Room] | None:
     """The grant and room behind a link id, or None for an unknown or malformed one.
 
@@ -137,182 +122,182 @@ def lookup(store: Store, key: bytes, link_id: str) -> tuple[Grant, Room] | None:
     return grant, room
 
 
-# -- pages --------------------------------------------------------------------
-_CSS = """
-:root{color-scheme:light dark}
-body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;
-font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
-background:#f4f1ec;color:#1d1c1d}
-main{max-width:32rem;margin:1.5rem;padding:2rem 2.25rem;background:#fff;border-radius:14px;
-box-shadow:0 2px 12px rgba(0,0,0,.08);border-top:6px solid #e0a100}
-main.gone{border-top-color:#c0392b}
-.icon{font-size:2.5rem;line-height:1}
-h1{font-size:1.45rem;margin:.6rem 0 .4rem}
-p{margin:.6rem 0}
-.how{background:#f7f7f9;border-radius:8px;padding:.8rem 1rem}
-code{font:.95em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#ececf1;
-padding:.1em .35em;border-radius:4px}
-small{color:#616061}
-@media (prefers-color-scheme:dark){body{background:#1a1d21;color:#e8e8e8}
-main{background:#222529;box-shadow:none}.how{background:#2c2f33}code{background:#35383c}
-small{color:#9b9b9b}}
-""".strip()
-_STYLE_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
-_PAGE_CSP = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-
-_HOW_NEW = (
-    "To get a new link, press <strong>Get my link</strong> on the room&#8217;s message in "
-    "Slack, or ask the room&#8217;s owner to start a new room with <code>/meet</code>."
-)
-PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
-    # name: (HTTP status, icon, title, css class, paragraphs of trusted HTML)
-    "ended": (
-        "410 Gone",
-        "&#9898;",
-        "This meeting has ended",
-        "gone",
-        [
-            "The room this link was for is closed, so the link no longer works. "
-            "Personal links stop working when their room ends.",
-            "Need to meet again? Ask the room&#8217;s owner to start a new room with "
-            "<code>/meet</code> in Slack; everyone gets a fresh link by DM.",
-        ],
-    ),
-    "removed": (
-        "410 Gone",
-        "&#9940;",
-        "This link was withdrawn",
-        "gone",
-        [
-            "The room&#8217;s owner removed you from this meeting, so your personal link "
-            "no longer lets you in.",
-            "If you think that is a mistake, ask the room&#8217;s owner in Slack: they can "
-            "start a new room with <code>/meet</code> and invite you.",
-        ],
-    ),
-    "unknown": (
-        "404 Not Found",
-        "&#128279;",
-        "This link isn&#8217;t valid",
-        "",
-        [
-            "I don&#8217;t know this meeting link. It may have been cut off when it was "
-            "copied, or it was replaced by a newer one.",
-            _HOW_NEW,
-        ],
-    ),
-}
+# -- participant stream ids (Slack Calls) -------------------------------------------
+def stream_key(settings: Settings) -> bytes:
+    """The key of the stream-id MACs: a secret that does not rotate with the AMS secret."""
+    base = settings.secret_key or settings.slack_client_secret or settings.slack_signing_secret
+    if not base:
+        raise RuntimeError("Slack Calls need SLACK_CLIENT_SECRET (or MEETBOT_SECRET_KEY)")
+    return hmac.new(base.encode("utf-8"), _STREAM_LABEL, hashlib.sha256).digest()
 
 
-def render_page(name: str) -> tuple[str, bytes]:
-    """``(status, html)`` of one self-contained page: inline CSS, no scripts, no fetches."""
-    status, icon, title, css_class, paragraphs = PAGES[name]
-    body = "\n".join(
-        f'<p class="how">{p}</p>' if i == len(paragraphs) - 1 else f"<p>{p}</p>"
-        for i, p in enumerate(paragraphs)
-    )
-    doc = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<meta name="robots" content="noindex,nofollow">
-<link rel="icon" href="data:,">
-<title>{title} &#183; meetbot</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<main class="{escape(css_class)}">
-<div class="icon" aria-hidden="true">{icon}</div>
-<h1>{title}</h1>
-{body}
-<p><small>meetbot &#183; private video rooms from Slack</small></p>
-</main>
-</body>
-</html>
-"""
-    return status, doc.encode("utf-8")
+def _stream_mac(key: bytes, room_id: str, user_id: str, nonce: str) -> str:
+    msg = f"{room_id}\n{user_id}\n{nonce}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:16]
 
 
-_COMMON_HEADERS = [
-    ("Cache-Control", "no-store"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Content-Type-Options", "nosniff"),
-]
+def participant_stream_id(settings: Settings, room_id: str, user_id: str) -> str:
+    """Circle's ``streamId`` for one person's publish: ``<room>_<user>_<nonce><mac>``.
 
-
-def _page(start_response: Callable[..., Any], name: str) -> list[bytes]:
-    status, data = render_page(name)
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/html; charset=utf-8"),
-            ("Content-Length", str(len(data))),
-            ("Content-Security-Policy", _PAGE_CSP),
-            ("X-Frame-Options", "DENY"),
-            *_COMMON_HEADERS,
-        ],
-    )
-    return [data]
-
-
-# -- the route ------------------------------------------------------------------
-def handle_join(
-    rooms: Rooms, environ: dict[str, Any], start_response: Callable[..., Any]
-) -> Iterable[bytes]:
-    """``GET /join/<id>``: 302 to a freshly minted Circle link, or a page saying why not.
-
-    Active room and unrevoked grant → 302 with ``Cache-Control: no-store`` and
-    ``Referrer-Policy: no-referrer`` (the Location carries the token: no cache
-    or Referer may keep it). Ended room → 410, withdrawn grant → 410, anything
-    else → 404. The token is minted in memory, never logged, stored or audited.
+    AMS reports this id in its stream events, which is how a join or a leave
+    is tied to a Slack user. The nonce is fresh each time (two devices must
+    not share a stream id: AMS refuses the second publisher); the mac stops
+    anyone from posing as someone else by editing the parameter. All
+    characters are in AMS's stream id alphabet and safe in Circle's query.
     """
-    method = environ.get("REQUEST_METHOD", "GET")
-    if method not in ("GET", "HEAD"):
-        data = b"method not allowed\n"
-        start_response(
-            "405 Method Not Allowed",
-            [
-                ("Allow", "GET, HEAD"),
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(data))),
-                *_COMMON_HEADERS,
-            ],
+    nonce = secrets.token_hex(4)
+    mac = _stream_mac(stream_key(settings), room_id, user_id, nonce)
+    return f"{room_id}_{user_id}_{nonce}{mac}"
+
+
+def parse_stream_id(
+    settings: Settings, stream_id: str, room_hint: str | None = None
+) -> tuple[str, str] | None:
+    """``(room id, user id)`` behind a stream id from :func:`participant_stream_id`.
+
+    None for anything else (the room's own stream, a stream another app or
+    an edited link made, a room other than ``room_hint``). Room ids may hold
+    ``_``, user ids and the suffix never do, so the id splits from the right.
+    """
+    parts = stream_id.rsplit("_", 2)
+    if len(parts) != 3:
+        return None
+    room_id, user_id, suffix = parts
+    if not (
+        ROOM_ID_RE.fullmatch(room_id)
+        and _USER_RE.fullmatch(user_id)
+        and _SUFFIX_RE.fullmatch(suffix)
+    ):
+        return None
+    if room_hint and room_hint != room_id:
+        return None
+    expected = _stream_mac(stream_key(settings), room_id, user_id, suffix[:8])
+    if not hmac.compare_digest(expected, suffix[8:]):
+        return None
+    return room_id, user_id
+
+
+class Links:
+    """Renders personal links and every message the outbox sends, from current state."""
+
+    def __init__(self, settings: Settings, store: Store, secrets: SecretSource) -> None:
+        self.settings = settings
+        self.store = store
+        self.secrets = secrets
+
+    def link_for(self, room: Room, grant: Grant, *, direct: bool = False) -> str:
+        """The personal link of one grant, as it goes into a DM.
+
+        With MEETBOT_PUBLIC_URL: ``{public}/join/<id>`` (``bot/web/join.py``), which
+        mints the token only when clicked. Otherwise, or with ``direct=True``
+        (that click), the Circle link minted now with the current secret.
+        """
+        if not direct:
+            public = self.public_link(room, grant)
+            if public is not None:
+                return public
+        _, secret = self.secrets.current()
+        token = mint_join_token(
+            room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
         )
-        return [data]
-    link_id = environ.get("PATH_INFO", "")[len(JOIN_PREFIX) :]
-    key = derive_key(rooms.settings)
-    found = lookup(rooms.store, key, link_id) if key is not None else None
-    if found is None:
-        return _page(start_response, "unknown")
-    grant, room = found
-    if room.state != RoomState.ACTIVE or grant.exp <= rooms.now():
-        return _page(start_response, "ended")
-    if grant.revoked_at is not None:
-        return _page(start_response, "removed")
-    location = rooms.link_for(room, grant, direct=True)
-    if method == "GET":
-        with rooms.store.write() as tx:
-            rooms.store.audit(
-                tx,
-                "join",
-                actor=grant.user_id,
-                team_id=grant.team_id,
+        stream_id = None
+        if self.settings.slack_calls and room.slack_call_id:
+            stream_id = participant_stream_id(self.settings, room.id, grant.user_id)
+        return circle_link(
+            self.settings.ams_url,
+            self.settings.ams_app,
+            room.id,
+            token,
+            grant.display_name,
+            stream_id=stream_id,
+        )
+
+    def invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
+        link = self.link_for(room, grant)
+        return messages.invite_dm(
+            room_id=room.id,
+            topic=room.topic,
+            owner_id=room.owner_id,
+            expires_at=room.expires_at,
+            link=link,
+            is_owner=grant.user_id == room.owner_id,
+        )
+
+    def public_link(self, room: Room, grant: Grant) -> str | None:
+        """``{MEETBOT_PUBLIC_URL}/join/<id>`` for a grant, recording its hash if needed.
+
+        Returns None when click-time links are off (no public URL) or no key can be
+        derived (Socket Mode without ``MEETBOT_SECRET_KEY``); the caller then sends
+        the direct Circle link as before. The hash is written the first time a
+        grant's link is rendered (and again if the key changed): a link exists only
+        once rendered, so there is nothing to look up before that.
+        """
+        settings = self.settings
+        if not settings.public_url:
+            return None
+        key = derive_key(settings)
+        if key is None:
+            if not _warned_no_key.is_set():
+                _warned_no_key.set()
+                log.warning(
+                    "MEETBOT_PUBLIC_URL is set but neither MEETBOT_SECRET_KEY nor "
+                    "SLACK_SIGNING_SECRET is: sending direct Circle links instead of /join links"
+                )
+            return None
+        link_id = join_id(key, grant)
+        digest = link_hash(link_id)
+        if grant.link_hash != digest:
+            with self.store.write() as tx:
+                tx.execute(update(Grant).where(Grant.id == grant.id).values(link_hash=digest))
+            grant.link_hash = digest
+        return f"{settings.public_url.rstrip('/')}{JOIN_PREFIX}{link_id}"
+
+    def render(self, row: Outbox) -> Rendered | None:
+        """Turn an outbox row into the message to send now, from current state."""
+        with self.store.read() as s:
+            room = s.get(Room, row.room_id) if row.room_id else None
+            grant = s.get(Grant, row.grant_id) if row.grant_id else None
+        if room is None:
+            return None
+        if row.kind == "room_card" or row.kind == "card_update":
+            text, blocks = messages.room_card(
                 room_id=room.id,
-                grant_id=grant.id,
-                via="join_link",
+                topic=room.topic,
+                owner_id=room.owner_id,
+                expires_at=room.expires_at,
+                ended=room.state != RoomState.ACTIVE,
+                call_id=room.slack_call_id,
             )
-    log.info("join link used for room %s by %s", room.id, grant.user_id)
-    start_response(
-        "302 Found",
-        [
-            ("Location", location),
-            ("Content-Length", "0"),
-            *_COMMON_HEADERS,
-        ],
-    )
-    return [b""]
+            if row.kind == "card_update":
+                return Rendered(text, blocks, edit_ts=room.channel_ts) if room.channel_ts else None
+            return Rendered(text, blocks, metadata=self._metadata(row))
+        if grant is None:
+            return None
+        if row.kind == "dm_link":
+            if room.state != RoomState.ACTIVE or grant.revoked_at is not None:
+                return None  # ended before the DM went out: nothing worth saying
+            text, blocks = self.invite(room, grant)
+            return Rendered(text, blocks, metadata=self._metadata(row))
+        if row.kind == "dm_update":
+            if not grant.dm_ts:
+                return None
+            payload = json.loads(row.payload or "{}")
+            if payload.get("mode") == "ended" or room.state != RoomState.ACTIVE:
+                text, blocks = messages.ended_dm(
+                    room_id=room.id, topic=room.topic, reason=payload.get("reason")
+                )
+            elif payload.get("mode") == "kicked" or grant.revoked_at is not None:
+                # Also for a re-issue queued before a kick: never a link for a revoked grant.
+                text, blocks = messages.kicked_dm(
+                    room_id=room.id, topic=room.topic, owner_id=room.owner_id
+                )
+            else:
+                text, blocks = self.invite(room, grant)
+            return Rendered(text, blocks, edit_ts=grant.dm_ts)
+        log.error("unknown outbox kind %s", row.kind)
+        return None
+
+    @staticmethod
+    def _metadata(row: Outbox) -> dict[str, Any]:
+        # Lets a recovering sender find a message it posted but did not record.
+        return {"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row.id}}

@@ -1,6 +1,6 @@
-"""The room lifecycle: open, invite, hand out links, end.
+"""The room lifecycle: open, invite, hand out links, extend, remove a person, end.
 
-Everything here runs after Slack got its ack, on the bot's own worker threads.
+Everything here runs after Slack got its ack, on the bot's own threads.
 State changes and the Slack messages they owe are written in one transaction
 (the outbox); the outbox worker sends them. AMS is called outside database
 transactions so a slow AMS never holds a database lock.
@@ -11,77 +11,38 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsNotFound
+from bot.ams.marker import ams_marker, is_ours
+from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
-from bot.rooms import links as joinlinks
+from bot.rooms.links import Links
+from bot.rooms.replies import Replies
 from bot.slack import messages
-from bot.slack.calls import participant_stream_id
+from bot.slack.calls import SlackCalls
 from bot.slack.gateway import SlackGateway, UnknownUser, UserInfo, acting_for
-from bot.slack.outbox import OutboxWorker, Rendered
+from bot.slack.outbox import OutboxWorker
 from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
-from bot.tokens import circle_link, mint_join_token, new_jti, new_room_id
+from bot.tokens import new_jti, new_room_id
 
 log = logging.getLogger("meetbot.rooms")
-
-#: Where replies meant for the person go when their request has no response_url
-#: (clicks on the App Home): set with ``replies_to`` around the call.
-REPLY_SINK: ContextVar[Callable[[str], None] | None] = ContextVar("meetbot_reply", default=None)
-
-
-@contextmanager
-def replies_to(sink: Callable[[str], None]) -> Iterator[None]:
-    """Send ``Rooms``' replies in this block (refusals, confirmations) to ``sink``."""
-    reset = REPLY_SINK.set(sink)
-    try:
-        yield
-    finally:
-        REPLY_SINK.reset(reset)
-
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
-AMS_MARKER = "meetbot"
 MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
-RECORD_WITHIN_S = 1.0  # the sweep records a revoke AMS confirmed within about this
 #: users.info calls in flight for one room's people: a 30-person standup is
 #: resolved in one Slack round trip, not four (Tier 4 takes such a burst).
 LOOKUP_THREADS = 32
-
-# What a failed DM means for the person who opened the room.
-DM_FAILURE_REASONS = {
-    "cannot_dm_bot": "is a bot",
-    "user_not_found": "was not found",
-    "user_disabled": "is deactivated",
-    "account_inactive": "is deactivated",
-    "channel_not_found": "can't receive DMs from this app",
-}
-
-
-class SecretSource(Protocol):
-    """Where the current AMS stream secret comes from (static, or rotated)."""
-
-    def current(self) -> tuple[int | None, str]: ...
-
-
-@dataclass
-class StaticSecret:
-    secret: str
-
-    def current(self) -> tuple[int | None, str]:
-        return None, self.secret
 
 
 class RoomError(Exception):
@@ -112,18 +73,6 @@ class OpenRequest:
     notify: Callable[[str], None] | None = field(default=None, compare=False)
 
 
-def ams_marker(team_id: str) -> str:
-    """The ``metaData`` that marks an AMS broadcast as made by this bot."""
-    return json.dumps({AMS_MARKER: 1, "team": team_id}, separators=(",", ":"))
-
-
-def is_ours(broadcast: dict[str, Any]) -> bool:
-    try:
-        return bool(json.loads(broadcast.get("metaData") or "{}").get(AMS_MARKER))
-    except (ValueError, AttributeError):
-        return False
-
-
 class Rooms:
     """Room operations with their side effects on AMS, the database and Slack."""
 
@@ -134,37 +83,41 @@ class Rooms:
         ams: AmsClient,
         slack: SlackGateway,
         secrets: SecretSource,
+        links: Links,
+        outbox: OutboxWorker,
         *,
+        owner: str,
         clock: Callable[[], float] = time.time,
+        calls: SlackCalls | None = None,
+        on_change: Callable[[str, list[str]], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
+        """``owner`` names this process in leases; ``calls`` registers rooms as Slack
+        Calls; ``on_change(team, users)`` hears whose view of rooms changed (the App
+        Home); ``on_event(name)`` counts "created" and "revoked" (metrics)."""
         self.settings = settings
         self.store = store
         self.ams = ams
         self.slack = slack
         self.secrets = secrets
+        self.links = links
+        self.outbox = outbox
+        self.owner = owner
         self.clock = clock
-        self.outbox: OutboxWorker | None = None
+        self.calls = calls
+        self.on_change = on_change
+        self.on_event = on_event
+        self.replies = Replies(store, slack)
         self._lookup_pool = ContextThreadPoolExecutor(
             max_workers=LOOKUP_THREADS, thread_name_prefix="users"
         )
-        self.owner = "rooms"
-        self._ams_executor: ThreadPoolExecutor | None = None
-        self.on_event: Callable[[str], None] | None = None  # metrics hook: "created" etc.
-        # Whose view of rooms changed: (team, users) after open/end/extend/kick (App Home).
-        self.on_change: Callable[[str, list[str]], None] | None = None
-        # Slack Calls (bot/calls.py): a room AMS created, before it is activated
-        # (its card must carry the Call), and a room just revoked (off the transaction).
-        self.on_opening: Callable[[Room], object] | None = None
-        self.on_revoked: Callable[[Room], object] | None = None
 
     def now(self) -> int:
         return int(self.clock())
 
     def close(self) -> None:
-        """Let in-flight lookups and revokes finish; free their threads."""
+        """Let in-flight lookups finish; free their threads."""
         self._lookup_pool.shutdown(wait=True)
-        if self._ams_executor is not None:
-            self._ams_executor.shutdown(wait=True)
 
     # -- people ---------------------------------------------------------
     def resolve_people(self, requester: str, invitees: Sequence[str]) -> list[UserInfo]:
@@ -211,11 +164,13 @@ class Rooms:
             people = self.resolve_people(req.user_id, req.invitees)
             room = self._create(req, people)
         except RoomError as e:
-            self._tell_requester(req, e.user_message)
+            self.replies.tell_requester(req.response_url, req.notify, e.user_message)
             return None
-        if self.outbox:
-            self.outbox.watch_room(room.id, lambda rows: self._fanout_done(req, room, rows))
-            self.outbox.kick()
+        self.outbox.watch_room(
+            room.id,
+            lambda rows: self.replies.fanout_done(room, rows, req.response_url, req.notify),
+        )
+        self.outbox.kick()
         return room
 
     def _create(self, req: OpenRequest, people: list[UserInfo]) -> Room:
@@ -270,7 +225,7 @@ class Rooms:
                     break  # made by an earlier try whose answer was lost: it is this room
                 # Not ours: never delete it. 128 random bits colliding means
                 # something odd; one fresh id, then give up.
-                self._mark_failed(room.id, "id taken on AMS", ours_on_ams=False)
+                self.mark_failed(room.id, "id taken on AMS", ours_on_ams=False)
                 if attempt == 1 or req.room_id is not None:
                     raise RoomError(
                         "The video server refused the new room's id twice. Try again; "
@@ -278,10 +233,11 @@ class Rooms:
                     ) from None
             except AmsError as e:
                 log.warning("AMS create failed for room %s: %s", room.id, e)
-                self._mark_failed(room.id, type(e).__name__)
-                self._cleanup_on_ams(room.id)
+                self.mark_failed(room.id, type(e).__name__)
+                self.cleanup_on_ams(room.id)
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
-        self._hook(self.on_opening, room)
+        if self.calls is not None:
+            self.calls.register(room)  # before activation: the card must carry the Call
         return self._activate(room, req, people)
 
     def _ours_on_ams(self, room_id: str) -> bool:
@@ -291,12 +247,12 @@ class Rooms:
         except AmsError:
             return False
 
-    def _mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
+    def mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
         """Record a room that never opened.
 
         ``ours_on_ams``: the create may still land on AMS after we gave up (a
         slow AMS finishes the request later), so the sweep deletes the id a few
-        more times (``cleanup_failed``). Never for an id that AMS said belongs
+        more times (``Sweep.failed_opens``). Never for an id that AMS said belongs
         to someone else.
         """
         with self.store.write() as tx:
@@ -306,7 +262,7 @@ class Rooms:
                 row.end_reason = reason
                 row.ended_at = self.now()
                 row.attempts = 0 if ours_on_ams else CLEANUP_ATTEMPTS
-                row.next_attempt_at = self.now() + self._cleanup_delay()
+                row.next_attempt_at = self.now() + self.cleanup_delay()
                 self.store.audit(
                     tx,
                     "open_failed",
@@ -316,56 +272,11 @@ class Rooms:
                     reason=reason,
                 )
 
-    def cleanup_failed(self) -> int:
-        """Delete, again, AMS rooms whose create failed unclearly (see ``_mark_failed``).
-
-        A room stuck in ``creating`` (its worker died, or the database refused
-        the activation) is failed first, so it is cleaned up the same way.
-        """
-        t = self.now()
-        cleaned = 0
-        with self.store.write() as tx:
-            tx.execute(
-                update(Room)
-                .where(Room.state == RoomState.CREATING, Room.created_at < t - STUCK_CREATING_S)
-                .values(
-                    state=RoomState.FAILED,
-                    end_reason="never finished opening",
-                    ended_at=t,
-                    attempts=0,
-                    next_attempt_at=t,
-                )
-            )
-        with self.store.read() as s:
-            ids = list(
-                s.scalars(
-                    select(Room.id)
-                    .where(Room.state == RoomState.FAILED, Room.attempts < CLEANUP_ATTEMPTS)
-                    .where(Room.next_attempt_at <= t)
-                    .limit(200)
-                )
-            )
-        for room_id in ids:
-            with self.store.write() as tx:
-                claimed = tx.execute(
-                    update(Room)
-                    .where(Room.id == room_id, Room.state == RoomState.FAILED)
-                    .where(Room.attempts < CLEANUP_ATTEMPTS, Room.next_attempt_at <= t)
-                    .values(
-                        attempts=Room.attempts + 1,
-                        next_attempt_at=t + self._cleanup_delay() * 4,
-                    )
-                ).rowcount
-            if claimed:
-                self._cleanup_on_ams(room_id)
-                cleaned += 1
-        return cleaned
-
-    def _cleanup_delay(self) -> int:
+    def cleanup_delay(self) -> int:
         """Long enough for a create that AMS is still chewing on to have landed."""
         return int(2 * self.settings.ams_timeout) + 1
 
-    def _cleanup_on_ams(self, room_id: str) -> None:
+    def cleanup_on_ams(self, room_id: str) -> None:
         """After an unclear create (timeout, 5xx), make sure nothing stays on AMS."""
         try:
             self.ams.delete_room(room_id)
@@ -442,42 +353,12 @@ class Rooms:
             **kw,
         )
 
-    def _fanout_done(self, req: OpenRequest, room: Room, rows: list[Outbox]) -> None:
-        """Tell the requester how the invitations went (and post the card if we could not)."""
-        card = next((r for r in rows if r.kind == "room_card"), None)
-        if card is not None and card.state == OutboxState.FAILED and req.response_url:
-            # Private channel or DM the bot is not in: response_url still works.
-            current = self.store.room(room.id)
-            if current is not None and current.state == RoomState.ACTIVE:
-                text, blocks = messages.room_card(
-                    room_id=room.id,
-                    topic=room.topic,
-                    owner_id=room.owner_id,
-                    expires_at=room.expires_at,
-                    call_id=current.slack_call_id,
-                )
-                self.slack.respond(req.response_url, text, blocks=blocks, in_channel=True)
-        dms = [r for r in rows if r.kind == "dm_link"]
-        sent = [r.channel for r in dms if r.state == OutboxState.DONE]
-        failed = [r for r in dms if r.state == OutboxState.FAILED]
-        title = messages.escape(messages.topic_or_default(room.topic))
-        lines = [f"Your room *{title}* is open until {messages.when(room.expires_at)}."]
-        if sent:
-            lines.append("Personal links went by DM to " + messages.mention_list(sent) + ".")
-        for r in failed:
-            reason = DM_FAILURE_REASONS.get(r.error or "", f"could not be reached ({r.error})")
-            lines.append(
-                f":warning: I couldn't DM <@{r.channel}>: they {reason}. "
-                "They can still press *Get my link* on the room's message."
-            )
-        self._tell_requester(req, "\n".join(lines))
-
     # -- links ------------------------------------------------------------
     def send_link(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
         """A "Get my link" click: DM the clicker their own link, once per click burst."""
         room = self.store.room(room_id, team_id)
         if room is None or room.state != RoomState.ACTIVE:
-            self._tell(response_url, "This room has ended. Start a new one with `/meet`.")
+            self.replies.tell(response_url, "This room has ended. Start a new one with `/meet`.")
             return False
         try:
             info = self.slack.user_info(user_id)
@@ -531,19 +412,68 @@ class Rooms:
                 self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
         # Replies go out after the transaction: never hold the write lock over HTTP.
         if refusal is not None:
-            self._tell(response_url, refusal)
+            self.replies.tell(response_url, refusal)
             return False
-        if self.outbox:
-            self.outbox.kick()
-        self._tell(response_url, "I've sent your personal link to you by DM.")
+        self.outbox.kick()
+        self.replies.tell(response_url, "I've sent your personal link to you by DM.")
         return True
+
+    def grant_for_call(self, room: Room, user_id: str) -> tuple[Grant | None, str | None]:
+        """A Slack Call sign-in: the person's grant, made now if they have none.
+
+        ``(grant, None)``, or ``(None, why)`` where ``why`` names the page they see
+        (``removed``, ``unknown``, ``guest``, ``slack_down``).
+
+        The same rule as "Get my link": anyone in the workspace may join, a
+        guest only when invited (or MEETBOT_ALLOW_GUESTS), never after a kick.
+        """
+        with self.store.read() as s:
+            grant = s.scalar(
+                select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
+            )
+        if grant is not None:
+            return (None, "removed") if grant.revoked_at is not None else (grant, None)
+        try:
+            with acting_for(room.team_id, room.enterprise_id):
+                info = self.slack.user_info(user_id)
+        except Exception as e:  # fail closed: no new grant without knowing who it is for
+            log.warning("call join: users.info for %s failed: %s", user_id, type(e).__name__)
+            return None, "slack_down"
+        if info.is_bot or info.deleted:
+            return None, "unknown"
+        if info.is_guest and not self.settings.allow_guests:
+            return None, "guest"
+        version, _ = self.secrets.current()
+        t = self.now()
+        try:
+            with self.store.write() as tx:
+                grant = Grant(
+                    room_id=room.id,
+                    team_id=room.team_id,
+                    enterprise_id=room.enterprise_id,
+                    user_id=user_id,
+                    display_name=(info.display_name or info.name)[:120],
+                    jti=new_jti(),
+                    exp=room.expires_at + self.settings.token_grace,
+                    secret_version=version,
+                    created_at=t,
+                )
+                tx.add(grant)
+        except IntegrityError:  # the same person, a second tab, at the same moment
+            with self.store.read() as s:
+                grant = s.scalar(
+                    select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
+                )
+            if grant is None or grant.revoked_at is not None:
+                return None, "removed"
+        return grant, None
 
     # -- end ----------------------------------------------------------------
     def end_room(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
         """`/meet end`: owner or workspace admin only."""
         room = self.store.room(room_id, team_id)
         if room is None:
-            self._tell(response_url, f"I don't know a room `{room_id}` in this workspace.")
+            self.replies.tell(response_url, f"I don't know a room `{room_id}` in this workspace.")
             return False
         if room.owner_id != user_id:
             try:
@@ -551,24 +481,26 @@ class Rooms:
             except Exception:
                 admin = False
             if not admin:
-                self._tell(
+                self.replies.tell(
                     response_url,
                     f"Only the room's owner (<@{room.owner_id}>) or a workspace admin can end it.",
                 )
                 return False
         if room.state != RoomState.ACTIVE:
-            self._tell(response_url, f"Room `{room_id}` has already ended.")
+            self.replies.tell(response_url, f"Room `{room_id}` has already ended.")
             return False
         ok = self.revoke(room_id, actor=user_id, reason=f"ended by <@{user_id}>")
         if ok:
-            self._tell(response_url, f"Ended *{messages.escape(room.topic or 'the room')}*.")
+            self.replies.tell(response_url, f"Ended *{messages.escape(room.topic or 'the room')}*.")
         elif (now := self.store.room(room_id)) is not None and (
             now.state != RoomState.ACTIVE or now.lease_owner is not None
         ):
             # Not claimed: a double click, or the sweep, is ending it right now.
-            self._tell(response_url, f"Room `{room_id}` has already ended (or is ending now).")
+            self.replies.tell(
+                response_url, f"Room `{room_id}` has already ended (or is ending now)."
+            )
         else:
-            self._tell(
+            self.replies.tell(
                 response_url,
                 "I couldn't reach the video server to end the room. I'll keep trying; "
                 "meanwhile its links still work until they expire.",
@@ -600,13 +532,13 @@ class Rooms:
 
     def _revoke_claimed(self, room_id: str, *, actor: str, reason: str) -> bool:
         try:
-            self._end_on_ams(room_id)
+            self.end_on_ams(room_id)
         except AmsError as e:
             self._revoke_failed(room_id, e)
             return False
         return self._mark_revoked(room_id, actor=actor, reason=reason)
 
-    def _end_on_ams(self, room_id: str) -> None:
+    def end_on_ams(self, room_id: str) -> None:
         """Stop and delete the room on AMS; returns once AMS confirmed it gone.
 
         The AMS half of a revoke, and all the sweep's AMS threads do: no
@@ -620,9 +552,9 @@ class Rooms:
 
     def _mark_revoked(self, room_id: str, *, actor: str, reason: str) -> bool:
         """The database half of a revoke: state, grants, and the edits owed."""
-        return bool(self._mark_revoked_many([room_id], actor=actor, reason=reason))
+        return bool(self.record_revoked([room_id], actor=actor, reason=reason))
 
-    def _mark_revoked_many(self, room_ids: Sequence[str], *, actor: str, reason: str) -> list[Room]:
+    def record_revoked(self, room_ids: Sequence[str], *, actor: str, reason: str) -> list[Room]:
         """The database half of revokes AMS confirmed, for many rooms in one transaction.
 
         Rooms, grants, the edits owed (outbox) and one audit row per room are
@@ -646,9 +578,10 @@ class Rooms:
             log.info("room %s revoked (%s)", room.id, reason)
             self._event("revoked")
         self._people_changed(people)
-        for room in rooms:
-            self._hook(self.on_revoked, room)
-        if rooms and self.outbox:
+        if self.calls is not None:
+            for room in rooms:
+                self.calls.room_ended(room)
+        if rooms:
             self.outbox.kick()
         return rooms
 
@@ -660,7 +593,7 @@ class Rooms:
         reason: str,
         people: dict[str, dict[str, None]],
     ) -> list[Room]:
-        """``_mark_revoked_many`` for up to ``MARK_CHUNK`` rooms, inside ``tx``."""
+        """``record_revoked`` for up to ``MARK_CHUNK`` rooms, inside ``tx``."""
         rooms = list(
             tx.scalars(
                 select(Room)
@@ -731,9 +664,9 @@ class Rooms:
         )
 
     def _revoke_failed(self, room_id: str, e: Exception) -> None:
-        self._revoke_failed_many([(room_id, e)])
+        self.record_revoke_failed([(room_id, e)])
 
-    def _revoke_failed_many(self, failures: Sequence[tuple[str, Exception]]) -> None:
+    def record_revoke_failed(self, failures: Sequence[tuple[str, Exception]]) -> None:
         """Rooms AMS did not confirm gone: each stays due, with its backoff, in one
         transaction; the lease goes, so a later sweep (or replica) retries them."""
         if not failures:
@@ -756,78 +689,6 @@ class Rooms:
         each retried with AMS's timeout) plus a margin. After that, a room whose
         worker died is taken over by whoever sweeps next."""
         return int(self.settings.ams_timeout * 8) + 10
-
-    def sweep_expired(self, *, max_batches: int = 200) -> int:
-        """Revoke every room past its end that nobody else is revoking.
-
-        Rooms are claimed in small batches (a lease each, see
-        ``Store.claim_due_rooms``) and stopped and deleted on AMS
-        ``ams_concurrency`` at a time. The next batch is claimed while a pool's
-        worth of work is still queued, so AMS is never left idle waiting for a
-        batch's slowest room. The AMS threads only call AMS; this thread records
-        the rooms AMS confirmed gone in bulk (``_mark_revoked_many``: one
-        transaction and one App Home refresh per batch). A room AMS refuses to
-        delete stays due, with a backoff, and is retried by a later sweep.
-        At most ``max_batches × 4 × ams_concurrency`` rooms per call.
-        """
-        concurrency = self.settings.ams_concurrency
-        # Small claims: what one replica claims, others cannot take, and a claimed
-        # room waits behind at most three pools' worth of revokes (its lease).
-        batch = concurrency * 2
-        record = concurrency * 4  # rooms per bulk write (one transaction)
-        budget = max_batches * concurrency * 4
-        pool = self._ams_pool()
-        running: dict[Future[None], str] = {}
-        gone: list[str] = []
-        failed: list[tuple[str, Exception]] = []
-        since = 0.0  # when the oldest result not yet recorded came in
-        done = 0
-        more = True
-        while True:
-            if more and budget > 0 and len(running) <= concurrency:
-                claimed = self.store.claim_due_rooms(
-                    self.owner, at=self.now(), lease=self.lease_s(), limit=min(batch, budget)
-                )
-                budget -= len(claimed)
-                more = len(claimed) == batch
-                for room in claimed:
-                    running[pool.submit(self._end_on_ams, room.id)] = room.id
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            if not gone and not failed:
-                since = time.monotonic()
-            for future in finished:
-                room_id = running.pop(future)
-                try:
-                    future.result()
-                except Exception as e:
-                    if not isinstance(e, AmsError):
-                        log.error("revoking room %s failed", room_id, exc_info=e)
-                    failed.append((room_id, e))
-                else:
-                    gone.append(room_id)
-            # In bulk, but never long after AMS answered (a slow AMS answers rarely).
-            if (
-                len(gone) + len(failed) >= record
-                or not running
-                or time.monotonic() - since >= RECORD_WITHIN_S
-            ):
-                done += self._record_sweep(gone, failed)
-                gone, failed = [], []
-        return done
-
-    def _record_sweep(self, gone: list[str], failed: list[tuple[str, Exception]]) -> int:
-        """Record a sweep's batch: rooms AMS confirmed gone, and rooms it did not."""
-        self._revoke_failed_many(failed)
-        return len(self._mark_revoked_many(gone, actor="scheduler", reason="time is up"))
-
-    def _ams_pool(self) -> ThreadPoolExecutor:
-        if self._ams_executor is None:
-            self._ams_executor = ContextThreadPoolExecutor(
-                max_workers=self.settings.ams_concurrency, thread_name_prefix="ams"
-            )
-        return self._ams_executor
 
     # -- extend and re-issue ------------------------------------------------------
     def extend(
@@ -871,12 +732,11 @@ class Rooms:
             if refusal is None and room is not None:
                 new_end, topic = self._extend_in(tx, room, duration, user_id)
         if refusal is not None:
-            self._tell(response_url, refusal)
+            self.replies.tell(response_url, refusal)
             return False
-        if self.outbox:
-            self.outbox.kick()
+        self.outbox.kick()
         self.room_changed(room_id)
-        self._tell(
+        self.replies.tell(
             response_url,
             f"*{messages.escape(messages.topic_or_default(topic))}* now runs until "
             f"{messages.when(new_end)}. Everyone's link was renewed in place.",
@@ -904,6 +764,93 @@ class Rooms:
             expires_at=new_end,
         )
         return new_end, room.topic
+
+    # -- remove one person ---------------------------------------------------------
+    def kick(
+        self,
+        team_id: str,
+        room_id: str,
+        user_id: str,
+        target_id: str,
+        response_url: str | None,
+    ) -> bool:
+        """`/meet kick <room> @person`: withdraw one person's link (the room's owner only).
+
+        The grant is marked revoked, their DM is edited to say they were removed
+        (an outbox ``dm_update`` with mode ``kicked``), and an audit row is
+        written, in one transaction. Someone who never had a link gets a revoked
+        grant anyway, so "Get my link" refuses them too. Whether their current
+        token stops working depends on AMS's authorization webhook: the reply to
+        the owner says which.
+        """
+        t = self.now()
+        refusal = None
+        had_link = False
+        topic, expires_at = "", t
+        with self.store.write() as tx:
+            room = tx.get(Room, room_id)
+            if room is None or room.team_id != team_id:
+                refusal = f"I don't know a room `{room_id}` in this workspace."
+            elif room.owner_id != user_id:
+                refusal = f"Only the room's owner (<@{room.owner_id}>) can remove people from it."
+            elif room.state != RoomState.ACTIVE:
+                refusal = f"Room `{room_id}` has already ended."
+            elif target_id == user_id:
+                refusal = (
+                    "You can't remove yourself from your own room. "
+                    f"To close it for everyone, use `/meet end {room_id}`."
+                )
+            if refusal is None and room is not None:
+                grant = tx.scalars(
+                    select(Grant)
+                    .where(Grant.room_id == room_id, Grant.user_id == target_id)
+                    .with_for_update()
+                ).first()
+                if grant is not None and grant.revoked_at is not None:
+                    refusal = f"<@{target_id}> was already removed from this room."
+                elif grant is None:
+                    # Bar them from "Get my link" on the channel card as well.
+                    tx.add(
+                        Grant(
+                            room_id=room_id,
+                            team_id=team_id,
+                            enterprise_id=room.enterprise_id,
+                            user_id=target_id,
+                            jti=new_jti(),
+                            exp=room.expires_at + self.settings.token_grace,
+                            secret_version=None,
+                            revoked_at=t,
+                            created_at=t,
+                        )
+                    )
+                else:
+                    had_link = True
+                    grant.revoked_at = t
+                    if grant.dm_ts:
+                        tx.add(self._dm_edit(room, grant, "kicked"))
+                if refusal is None:
+                    self.store.audit(
+                        tx, "kick", actor=user_id, team_id=team_id, room_id=room_id, user=target_id
+                    )
+                    topic, expires_at = room.topic, room.expires_at
+        if refusal is not None:
+            self.replies.tell(response_url, refusal)
+            return False
+        log.info("room %s: %s removed %s", room_id, user_id, target_id)
+        self.outbox.kick()
+        self.room_changed(room_id)
+        self.replies.tell(
+            response_url,
+            messages.kick_reply(
+                target_id,
+                topic=topic,
+                room_id=room_id,
+                had_link=had_link,
+                webhook=bool(self.settings.webhook_secret),
+                token_exp=expires_at + self.settings.token_grace,
+            ),
+        )
+        return True
 
     def reissue_links(self, version: int | None) -> int:
         """After a secret rotation, edit every active room's DMs with links that work.
@@ -935,122 +882,13 @@ class Rooms:
                 self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
         except IntegrityError:
             return 0  # another replica took this version
-        if self.outbox:
-            self.outbox.kick()
+        self.outbox.kick()
         log.info("re-issued %d links for secret version %s", count, version)
         return count
-
-    # -- rendering for the outbox --------------------------------------------
-    def render(self, row: Outbox) -> Rendered | None:
-        """Turn an outbox row into the message to send now, from current state."""
-        with self.store.read() as s:
-            room = s.get(Room, row.room_id) if row.room_id else None
-            grant = s.get(Grant, row.grant_id) if row.grant_id else None
-        if room is None:
-            return None
-        if row.kind == "room_card" or row.kind == "card_update":
-            text, blocks = messages.room_card(
-                room_id=room.id,
-                topic=room.topic,
-                owner_id=room.owner_id,
-                expires_at=room.expires_at,
-                ended=room.state != RoomState.ACTIVE,
-                call_id=room.slack_call_id,
-            )
-            if row.kind == "card_update":
-                return Rendered(text, blocks, edit_ts=room.channel_ts) if room.channel_ts else None
-            return Rendered(text, blocks, metadata=self._metadata(row))
-        if grant is None:
-            return None
-        if row.kind == "dm_link":
-            if room.state != RoomState.ACTIVE or grant.revoked_at is not None:
-                return None  # ended before the DM went out: nothing worth saying
-            text, blocks = self._invite(room, grant)
-            return Rendered(text, blocks, metadata=self._metadata(row))
-        if row.kind == "dm_update":
-            if not grant.dm_ts:
-                return None
-            payload = json.loads(row.payload or "{}")
-            if payload.get("mode") == "ended" or room.state != RoomState.ACTIVE:
-                text, blocks = messages.ended_dm(
-                    room_id=room.id, topic=room.topic, reason=payload.get("reason")
-                )
-            elif payload.get("mode") == "kicked" or grant.revoked_at is not None:
-                # Also for a re-issue queued before a kick: never a link for a revoked grant.
-                text, blocks = messages.kicked_dm(
-                    room_id=room.id, topic=room.topic, owner_id=room.owner_id
-                )
-            else:
-                text, blocks = self._invite(room, grant)
-            return Rendered(text, blocks, edit_ts=grant.dm_ts)
-        log.error("unknown outbox kind %s", row.kind)
-        return None
-
-    def link_for(self, room: Room, grant: Grant, *, direct: bool = False) -> str:
-        """The personal link of one grant, as it goes into a DM.
-
-        With MEETBOT_PUBLIC_URL: ``{public}/join/<id>`` (bot/joinlinks.py), which
-        mints the token only when clicked. Otherwise, or with ``direct=True``
-        (that click), the Circle link minted now with the current secret.
-        """
-        if not direct:
-            public = joinlinks.public_link(self, room, grant)
-            if public is not None:
-                return public
-        _, secret = self.secrets.current()
-        token = mint_join_token(
-            room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
-        )
-        stream_id = None
-        if self.settings.slack_calls and room.slack_call_id:
-            stream_id = participant_stream_id(self.settings, room.id, grant.user_id)
-        return circle_link(
-            self.settings.ams_url,
-            self.settings.ams_app,
-            room.id,
-            token,
-            grant.display_name,
-            stream_id=stream_id,
-        )
-
-    def _invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
-        link = self.link_for(room, grant)
-        return messages.invite_dm(
-            room_id=room.id,
-            topic=room.topic,
-            owner_id=room.owner_id,
-            expires_at=room.expires_at,
-            link=link,
-            is_owner=grant.user_id == room.owner_id,
-        )
-
-    @staticmethod
-    def _metadata(row: Outbox) -> dict[str, Any]:
-        # Lets a recovering sender find a message it posted but did not record.
-        return {"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row.id}}
 
     # -- misc -----------------------------------------------------------------
     def list_text(self, team_id: str, user_id: str) -> str:
         return messages.room_list(self.store.open_rooms_of(team_id, user_id))
-
-    def _tell(self, response_url: str | None, text: str) -> None:
-        sink = REPLY_SINK.get()
-        if response_url:
-            self.slack.respond(response_url, text)
-        elif sink is not None:
-            sink(text)
-        else:
-            log.info("no response_url for a reply to the user")
-
-    def _tell_requester(self, req: OpenRequest, text: str) -> None:
-        """Through the request's response_url, else its ``notify`` (Home, shortcuts)."""
-        if req.response_url or req.notify is None:
-            self._tell(req.response_url, text)
-            return
-        try:
-            req.notify(text)
-        except Exception:
-            log.exception("could not tell the requester of room %s", req.room_id or "(new)")
 
     def room_changed(self, room_id: str) -> None:
         """Call ``on_change`` with the room's owner and grantees; never raises.
@@ -1083,13 +921,3 @@ class Rooms:
     def _event(self, name: str) -> None:
         if self.on_event:
             self.on_event(name)
-
-    @staticmethod
-    def _hook(fn: Callable[[Room], object] | None, room: Room) -> None:
-        """Run an optional room hook; its failure never fails the room operation."""
-        if fn is None:
-            return
-        try:
-            fn(room)
-        except Exception:
-            log.exception("room hook %s failed for room %s", getattr(fn, "__name__", fn), room.id)

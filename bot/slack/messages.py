@@ -195,3 +195,33 @@ def room_list(rooms: Sequence[Any]) -> str:
 
 def mention_list(user_ids: Sequence[str]) -> str:
     return ", ".join(f"<@{u}>" for u in user_ids)
+
+
+def kick_reply(
+    target_id: str,
+    *,
+    topic: str,
+    room_id: str,
+    had_link: bool,
+    webhook: bool,
+    token_exp: int,
+) -> str:
+    """What the owner is told after a kick: honest about what AMS will still accept."""
+    title = escape(topic_or_default(topic))
+    if not had_link:
+        head = f"<@{target_id}> had no link to *{title}*; now they can't get one."
+    else:
+        head = f"Removed <@{target_id}> from *{title}* and withdrew the link I sent them."
+    if webhook:
+        return (
+            f"{head} The video server will refuse their next join or reconnect; "
+            "everyone else stays in the room."
+        )
+    if not had_link:
+        return head
+    return (
+        f"{head}\n:warning: `MEETBOT_WEBHOOK_SECRET` is not set, so the link they already "
+        f"have keeps working until it expires ({when(token_exp)}) unless AMS's "
+        "authorization webhook is configured. To shut them out now, end the room with "
+        f"`/meet end {room_id}` and open a new one."
+    )

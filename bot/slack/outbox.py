@@ -1,6 +1,6 @@
 """The outbox worker: sends owed Slack messages, at most as fast as Slack allows.
 
-Rows are written by ``bot/rooms.py`` in the same transaction as the change that
+Rows are written by ``bot.rooms`` in the same transaction as the change that
 owes them, so a crash never loses one. This worker claims due rows with a
 lease, renders each at send time (so a DM sent late still says the right
 thing and a token is minted only in memory), sends it, and records the Slack
@@ -76,7 +76,10 @@ class OutboxWorker:
         poll_interval: float = 1.0,
         owner: str | None = None,
         lease: int = LEASE_S,
+        on_result: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``renderer`` turns a row into the message to send (``bot.rooms.links.Links``);
+        ``on_result(kind, outcome)`` counts sends (metrics)."""
         self.store = store
         self.slack = slack
         self.renderer = renderer
@@ -98,7 +101,7 @@ class OutboxWorker:
         self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
         self._watch_lock = threading.Lock()
-        self.on_result: Callable[[str, str], None] | None = None  # (kind, outcome) for metrics
+        self.on_result = on_result
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> OutboxWorker:

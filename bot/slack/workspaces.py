@@ -96,7 +96,7 @@ class Workspaces:
             # that must start IMMEDIATE, or a concurrent writer makes it fail
             # at once with "database is locked" (see bot/store.py).
             engine = engine.execution_options(meetbot_write=True)
-            from bot.ams.stream_secret import Vault
+            from bot.vault import Vault
 
             assert settings.secret_key  # config requires it with OAuth
             self.installation_store = EncryptedInstallationStore(

@@ -1,0 +1,79 @@
+"""``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: AMS's authorization webhook.
+
+AMS (``webhookAuthenticateURL``) POSTs every publish to this URL and lets it
+through only on HTTP 200; the decision is ``bot.rooms.access.authorize``. It
+sits on AMS's join path with a 5 s read timeout, and AMS makes every other join
+of the application wait behind it, so it answers at once. Its URL carries
+``MEETBOT_WEBHOOK_SECRET`` because AMS sends no credentials of its own; the
+path is compared in constant time and a wrong one is indistinguishable from an
+unknown route (404). Tokens arrive in the body and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bot.ams.stream_secret import SecretSource
+from bot.config import Settings
+from bot.rooms.access import authorize
+from bot.store import Store
+from bot.web.responses import json_response, path_secret_ok, read_body
+
+__all__ = ["WEBHOOK_PREFIX", "AmsAuth"]
+
+log = logging.getLogger("meetbot.revocation")
+
+WEBHOOK_PREFIX = "/ams/auth/"
+MAX_WEBHOOK_BODY = 64 * 1024  # AMS's JSON is a few hundred bytes
+
+
+class AmsAuth:
+    """Answers AMS's question "may this token publish?" for every join."""
+
+    def __init__(self, settings: Settings, store: Store, secrets: SecretSource) -> None:
+        self.settings = settings
+        self.store = store
+        self.secrets = secrets
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: 200 lets the join through, 403 refuses.
+
+        404 for a wrong (or unconfigured) path secret, 405 for other methods, 400
+        for a body that is not AMS's JSON (an object with string ``streamId`` and
+        ``token``). Anything unexpected refuses (503): AMS then keeps the person
+        out, which is the safe side.
+        """
+        given = environ.get("PATH_INFO", "")[len(WEBHOOK_PREFIX) :]
+        if not path_secret_ok(given, self.settings.webhook_secret):
+            return json_response(start_response, "404 Not Found", {"error": "not found"})
+        if environ.get("REQUEST_METHOD") != "POST":
+            return json_response(start_response, "405 Method Not Allowed", {"error": "POST only"})
+        raw = read_body(environ, MAX_WEBHOOK_BODY)
+        if raw is None:
+            return json_response(start_response, "400 Bad Request", {"error": "bad body length"})
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        stream_id = body.get("streamId") if isinstance(body, dict) else None
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(stream_id, str) or not stream_id or not isinstance(token, str):
+            return json_response(
+                start_response, "400 Bad Request", {"error": "expected AMS's JSON"}
+            )
+        mode = body.get("mode") if isinstance(body.get("mode"), str) else "?"
+        try:
+            ok, reason = authorize(self.store, self.secrets, stream_id, token)
+        except Exception as e:  # database down, no current secret: refuse, say why in the log
+            log.error("auth webhook could not decide for room %s: %s", stream_id, type(e).__name__)
+            return json_response(start_response, "503 Service Unavailable", {"allowed": False})
+        if ok:
+            log.debug("auth webhook: %s in room %s (%s)", reason, stream_id, mode)
+            return json_response(start_response, "200 OK", {"allowed": True})
+        log.info("auth webhook refused %s in room %s: %s", mode, stream_id, reason)
+        return json_response(start_response, "403 Forbidden", {"allowed": False})
