@@ -1,4 +1,4 @@
-"""Prometheus metrics and the readiness probe.
+"""Prometheus metrics: what happened (counted where it happens) and what is (read at scrape).
 
 Why it looks like this:
 
@@ -24,25 +24,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, or_, select, text
+from sqlalchemy import case, func, or_, select
 
-from bot.config import Settings
 from bot.store import Outbox, OutboxState, Room, RoomState, Store, StreamSecret
 
-__all__ = ["Metrics", "Readiness", "READY_TIMEOUT_S"]
+__all__ = ["Metrics"]
 
 log = logging.getLogger("meetbot.metrics")
-
-#: How long ``/readyz`` waits for the database and for AMS, each.
-READY_TIMEOUT_S = 2.0
 
 #: AMS calls last from milliseconds (version) to the read timeout (10 s default).
 AMS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -205,78 +199,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text format and its content type, for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class Readiness:
-    """``GET /readyz``: can this replica do its job right now?
-
-    Ready = the database answers ``SELECT 1`` and AMS answers ``version`` within
-    :data:`READY_TIMEOUT_S` each. Both probes run on a small pool with a
-    deadline so a hung TCP connect cannot hold a load balancer's probe (or a
-    waitress thread) for longer than that. AMS is probed with its own client:
-    no retries, short timeouts, so a probe never waits out the real client's
-    backoff.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        ams_version: Callable[[], Any],
-        *,
-        timeout: float = READY_TIMEOUT_S,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.ams_version = ams_version
-        self.timeout = timeout
-        self._on_close = on_close
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
-
-    @classmethod
-    def for_settings(
-        cls,
-        store: Store,
-        settings: Settings,
-        *,
-        observer: Callable[[str, str, float], None] | None = None,
-    ) -> Readiness:
-        """A probe with its own quick AMS client built from the bot's settings."""
-        from bot.ams.client import AmsClient
-
-        client = AmsClient(
-            settings.ams_url,
-            settings.ams_app,
-            rest_jwt_secret=settings.ams_rest_jwt_secret,
-            timeout=(min(1.0, READY_TIMEOUT_S), READY_TIMEOUT_S),
-            retries=0,
-            observer=observer,
-        )
-        return cls(store, client.version, on_close=client.close)
-
-    def _db(self) -> None:
-        with self.store.read() as s:
-            s.execute(text("SELECT 1"))
-
-    def check(self) -> tuple[bool, dict[str, Any]]:
-        """``(ready, body)``; the body names what failed, never a secret."""
-        db = self._pool.submit(self._db)
-        ams = self._pool.submit(self.ams_version)
-        reasons: dict[str, str] = {}
-        for name, future in (("database", db), ("ams", ams)):
-            try:
-                future.result(timeout=self.timeout)
-            except FutureTimeout:
-                reasons[name] = f"no answer within {self.timeout:g}s"
-            except Exception as e:
-                # AmsError's str() is written for operators and holds no secret;
-                # a database error can echo its URL, so only its type is shown.
-                kind = getattr(e, "kind", None)
-                reasons[name] = f"{kind}: {e}" if kind else type(e).__name__
-        if reasons:
-            return False, {"ready": False, "reasons": reasons}
-        return True, {"ready": True}
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._on_close is not None:
-            self._on_close()

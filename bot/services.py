@@ -39,7 +39,7 @@ from bot.ams.stream_secret import (
 )
 from bot.config import Settings
 from bot.home.tab import HomeTab
-from bot.metrics import Metrics, Readiness
+from bot.metrics import Metrics
 from bot.rooms.links import JOIN_PREFIX, Links
 from bot.rooms.service import Rooms
 from bot.rooms.sweep import Sweep
@@ -55,6 +55,7 @@ from bot.web.ams_auth import WEBHOOK_PREFIX, AmsAuth
 from bot.web.ams_hook import HOOK_PREFIX, AmsHook
 from bot.web.app import Route, wsgi_app
 from bot.web.call_join import CallSignIn
+from bot.web.health import Readiness
 from bot.web.join import JoinLinks
 from bot.web.slack import SlackRoute, build_bolt_app
 

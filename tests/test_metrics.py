@@ -12,8 +12,9 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.metrics import Metrics, Readiness
+from bot.metrics import Metrics
 from bot.store import Store
+from bot.web.health import Readiness
 from tests.conftest import ALICE, BOB, CAROL, SIGNING_SECRET, TEAM, wait_for
 
 

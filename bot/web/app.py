@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from bot.metrics import Metrics, Readiness
+from bot.metrics import Metrics
+from bot.web.health import Readiness
 from bot.web.responses import json_response
 from bot.web.slack import SLACK_PREFIX
 
