@@ -34,8 +34,8 @@ from bot.ams.stream_secret import (
     StaticSecret,
     bootstrap,
     build_management,
-    reconcile,
     rotate,
+    settle,
 )
 from bot.config import Settings
 from bot.home.tab import HomeTab
@@ -199,7 +199,7 @@ class Services:
         if self.mgmt is not None:
             log.info(
                 "stream secret: %s",
-                reconcile(self.settings, self.store, self.vault, self.mgmt, owner=self.owner),
+                settle(self.settings, self.store, self.vault, self.mgmt, owner=self.owner),
             )
         self.rotating.invalidate()
 

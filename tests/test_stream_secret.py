@@ -29,8 +29,8 @@ from bot.ams.stream_secret import (
     StreamSecretError,
     bootstrap,
     build_management,
-    reconcile,
     rotate,
+    settle,
 )
 from bot.config import Settings
 from bot.ops.cli import main
@@ -180,7 +180,7 @@ def test_rotation_changes_only_the_stream_secret(
     double: AmsDouble, store: Store, vault: Vault, seeded: Settings
 ) -> None:
     mgmt = mgmt_for(seeded)
-    assert reconcile(seeded, store, vault, mgmt) == "in sync: AMS holds version 1"
+    assert settle(seeded, store, vault, mgmt) == "in sync: AMS holds version 1"
     before = dict(double.settings)
     assert joins(double, OLD)
 
@@ -266,7 +266,7 @@ def test_crash_after_ams_accepted_is_promoted_by_reconcile(
 
     seen = RotatingSecret(store, vault)
     assert seen.current() == (1, OLD)  # links minted now would fail: reconcile fixes it
-    description = reconcile(seeded, store, vault, mgmt_for(seeded))
+    description = settle(seeded, store, vault, mgmt_for(seeded))
     assert description.startswith("promoted pending version 2")
     assert states(store) == {1: "retired", 2: "current"}
     seen.invalidate()
@@ -278,7 +278,7 @@ def test_pending_that_ams_never_took_is_dropped(
     double: AmsDouble, store: Store, vault: Vault, seeded: Settings
 ) -> None:
     add_pending(store, vault, 2, ss.new_secret())
-    description = reconcile(seeded, store, vault, mgmt_for(seeded))
+    description = settle(seeded, store, vault, mgmt_for(seeded))
     assert description == "dropped pending version 2: AMS kept version 1"
     assert states(store) == {1: "current"}
     assert double.settings[KEYNAME] == OLD
@@ -296,7 +296,7 @@ def test_third_value_on_ams_is_adopted(
     by_hand = "set-by-hand-in-the-ams-console-0123456789"
     double.set_stream_secret(by_hand)
     caplog.set_level(logging.WARNING, logger="meetbot.stream_secret")
-    description = reconcile(seeded, store, vault, mgmt_for(seeded))
+    description = settle(seeded, store, vault, mgmt_for(seeded))
     assert "adopted" in description and "version 3" in description
     assert states(store) == {1: "retired", 3: "current"}
     assert RotatingSecret(store, vault).current() == (3, by_hand)
@@ -311,7 +311,7 @@ def test_hand_change_without_pending_is_adopted(
     bootstrap(settings, lite, vault, None)
     by_hand = "another-hand-made-secret-0123456789-xyz"
     double.set_stream_secret(by_hand)
-    assert "adopted" in reconcile(settings, lite, vault, mgmt_for(settings))
+    assert "adopted" in settle(settings, lite, vault, mgmt_for(settings))
     assert RotatingSecret(store=lite, vault=vault).current() == (2, by_hand)
 
 
@@ -327,7 +327,7 @@ def test_interrupted_rotation_under_a_dead_lease_is_finished_by_the_next_rotatio
     with lite.write() as s:
         s.add(Job(name=JOB_NAME, lease_owner="dead-replica", lease_until=t + 60, next_run_at=0))
 
-    assert reconcile(settings, lite, vault, mgmt_for(settings), now=t).startswith("deferred:")
+    assert settle(settings, lite, vault, mgmt_for(settings), now=t).startswith("deferred:")
     assert states(lite) == {1: "current", 2: "pending"}
     # The scheduler's next sweep after the lease ran out settles it without a new secret.
     seen: list[int] = []
@@ -399,7 +399,7 @@ def test_login_failure_tries_once_and_pauses_across_processes(
     for owner, now in (("r1", t + 15), ("r2", t + 300)):
         again = rotate(settings, store, vault, mgmt_for(settings), owner=owner, now=now, force=True)
         assert not again.rotated and "paused" in again.reason
-    assert reconcile(settings, store, vault, mgmt_for(settings), now=t + 30).startswith("deferred")
+    assert settle(settings, store, vault, mgmt_for(settings), now=t + 30).startswith("deferred")
     assert logins(double) == 1
     assert not double.is_locked(DEFAULT_ADMIN_EMAIL)
 

@@ -13,7 +13,7 @@ rotating that secret is the one lever that kills every outstanding link at once
 * **Crash-safe.** AMS and the database cannot change in one transaction, so
   :func:`rotate` writes the new secret as ``pending`` and *commits* before it
   tells AMS. If the process dies between AMS accepting it and the database
-  recording it, :func:`reconcile` (at start, or the next rotation) asks AMS
+  recording it, :func:`settle` (at start, or the next rotation) asks AMS
   which secret it holds and settles the row from that answer.
 * **Exactly once across replicas.** Every replica runs the scheduler; the
   ``rotate_secret`` job row is claimed with a conditional UPDATE (a lease),
@@ -76,8 +76,8 @@ __all__ = [
     "bootstrap",
     "build_management",
     "new_secret",
-    "reconcile",
     "rotate",
+    "settle",
 ]
 
 log = logging.getLogger("meetbot.stream_secret")
@@ -294,10 +294,10 @@ def bootstrap(settings: Settings, store: Store, vault: Vault, mgmt: AmsManagemen
     log.info("AMS stream secret seeded as version 1 from %s", source)
 
 
-# --------------------------------------------------------------------------- reconcile
+# --------------------------------------------------------------------------- settle
 
 
-def reconcile(
+def settle(
     settings: Settings,
     store: Store,
     vault: Vault,
@@ -392,7 +392,7 @@ def rotate(
 
     A refused login pauses the job for max(sweep interval, 310 s); other AMS
     errors for max(sweep interval, 60 s). The pending row is deleted only when
-    AMS certainly did not take it; otherwise it stays for :func:`reconcile` or
+    AMS certainly did not take it; otherwise it stays for :func:`settle` or
     the next rotation to settle. Unexpected exceptions (database down) release
     the lease and propagate.
     """

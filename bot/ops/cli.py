@@ -103,8 +103,8 @@ def rotate_secret() -> None:
         StreamSecretError,
         bootstrap,
         build_management,
-        reconcile,
         rotate,
+        settle,
     )
     from bot.store import Store
     from bot.vault import Vault, VaultError
@@ -127,7 +127,7 @@ def rotate_secret() -> None:
         store.migrate()
         vault = Vault(settings.secret_key)
         bootstrap(settings, store, vault, mgmt)
-        click.echo(f"reconcile: {reconcile(settings, store, vault, mgmt)}")
+        click.echo(f"settled: {settle(settings, store, vault, mgmt)}")
         owner = f"cli:{socket.gethostname()}:{os.getpid()}"
         result = rotate(settings, store, vault, mgmt, owner=owner, now=int(time.time()), force=True)
     except (AmsError, StreamSecretError, VaultError) as e:

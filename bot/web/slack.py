@@ -38,7 +38,7 @@ from bot.web.responses import json_response
 
 __all__ = ["SLACK_PREFIX", "CorrelatedApp", "SlackRoute", "build_bolt_app"]
 
-log = logging.getLogger("meetbot.app")
+log = logging.getLogger("meetbot.web")
 
 SLACK_PREFIX = "/slack/"
 
