@@ -111,7 +111,7 @@ def _front(services: Services, settings: Settings, host: str) -> tuple[Any, Any]
         log.info("Socket Mode connected; health checks on port %s", settings.port)
     # Everything built so far lives as long as the process: keep it out of the
     # cyclic collector's full passes, which would otherwise walk it (several ms,
-    # paid by whichever request is running then; seen in the ack p99).
+    # paid by whichever request is running then).
     gc.collect()
     gc.freeze()
     try:
