@@ -1287,8 +1287,10 @@ class AmsDouble:
             settings = self._settings
             edition = self.edition
             room = copy.deepcopy(self._broadcasts.get(room_id))
-        # Community Edition's WebRTC handler (WebSocketCommunityHandler.java) calls no
-        # publish security at all: no stream JWT, no webhook. Circle needs Enterprise.
+        # Community Edition cannot host Circle: WebSocketCommunityHandler.java answers
+        # every WebRTC play with "notFound" and relays a WebRTC publish to the local
+        # RTMP server without the token. The double checks nothing there (it keeps CE
+        # for /version, the doctor's warning and the stop semantics).
         if edition != ENTERPRISE_EDITION:
             return True, "community edition: tokens are not checked"
         # Enterprise-only (closed source): the stream JWT check. ams.md: the claim
@@ -1349,7 +1351,7 @@ class AmsDouble:
         with self._lock:
             settings = self._settings
             edition = self.edition
-        if edition != ENTERPRISE_EDITION:
+        if edition != ENTERPRISE_EDITION:  # see _check_publish: no Circle on CE
             return True, "community edition: tokens are not checked"
         if settings["playJwtControlEnabled"]:  # Enterprise-only, as for publish
             ok, why = self._check_stream_jwt(settings, room_id, token)
@@ -1437,7 +1439,9 @@ class AmsDouble:
         now = self.clock()
         with self._lock:
             if stream_id in self._live:
-                person.why = "already publishing"  # AMS refuses a second publisher
+                # A second publisher of a live id gets "streamIdInUse"
+                # (WebSocketCommunityHandler.java; Enterprise assumed the same).
+                person.why = "already publishing"
                 return False
             room = self._broadcasts.get(person.room_id)
             if room is None:
