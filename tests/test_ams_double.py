@@ -870,13 +870,16 @@ def test_enterprise_stop_stops_every_participant_by_default(
     people = [ams.circle_join(link(ams, "room"), name=n) for n in ("A", "B")]
     assert stop(ams, "room", stopSubtracks="false")["success"] is True
     assert len(ams.connected("room")) == 2  # told not to, nobody is stopped
+    late = ams.circle_join(link(ams, "room"), name="C")
+    assert stop(ams, late.stream_id)["success"] is True  # one participant's own stream
+    assert not late.publishing and len(ams.connected("room")) == 2
     assert stop(ams, "room")["success"] is True  # stopSubtracks defaults to true
     assert ams.connected("room") == [] and not any(p.publishing for p in people)
     count = requests.get(rest(ams, "/broadcasts/room/active-subtracks-count"), timeout=5)
     assert count.json() == {"number": 0}
     ams.wait_hooks()
     ended = {c.json["id"] for c in receiver.to("/hook") if c.json["action"] == "liveStreamEnded"}
-    assert ended == {p.stream_id for p in people}
+    assert ended == {p.stream_id for p in [*people, late]}
 
 
 def test_community_stop_ignores_stop_subtracks(clock: ManualClock, receiver: Receiver) -> None:
