@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jwt
 import pytest
@@ -33,6 +36,7 @@ from bot.sim.ams import (
     REMOTE_BOT_IP,
     AmsDouble,
     ManualClock,
+    circle_stream_id,
     verify_hs256,
 )
 
@@ -51,6 +55,99 @@ def clock() -> ManualClock:
 def ams(clock: ManualClock) -> Iterator[AmsDouble]:
     with AmsDouble(stream_secret=SECRET, clock=clock) as double:
         yield double
+
+
+@dataclass
+class Call:
+    """One POST the double made to the receiver."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    first_done: bool  # the serialisation test's marker, read when the call arrived
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode("latin-1"), keep_blank_values=True))
+
+
+class Receiver:
+    """A loopback HTTP server that records the double's webhook and hook POSTs.
+
+    ``status[path]`` picks the answer (200 by default); ``hold[path]`` is an Event
+    the handler waits on (up to 10 s) before answering.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.status: dict[str, int] = {}
+        self.hold: dict[str, threading.Event] = {}
+        self.marker = threading.Event()
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                call = Call(self.path, dict(self.headers), body, receiver.marker.is_set())
+                with receiver._cond:
+                    receiver.calls.append(call)
+                    receiver._cond.notify_all()
+                gate = receiver.hold.get(self.path)
+                if gate is not None:
+                    gate.wait(10)
+                status = receiver.status.get(self.path, 200)
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", receiver.url("/redirected"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def to(self, path: str) -> list[Call]:
+        with self._cond:
+            return [c for c in self.calls if c.path == path]
+
+    def wait_for(self, path: str, n: int, timeout: float = 10) -> list[Call]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.to(path)) >= n, timeout)
+        calls = self.to(path)
+        assert len(calls) >= n, f"{path}: {len(calls)} calls, wanted {n}"
+        return calls
+
+    def close(self) -> None:
+        for gate in self.hold.values():
+            gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def link(ams: AmsDouble, room: str, tok: str | None = None, **params: str) -> str:
+    """A Circle link as the bot writes it: {AMS_URL}/{app}/{room}?token=...&more."""
+    query = {"token": tok if tok is not None else token(room), **params}
+    return f"{ams.url}/{ams.app}/{room}?" + "&".join(f"{k}={v}" for k, v in query.items())
 
 
 def rest(ams: AmsDouble, path: str) -> str:
@@ -186,10 +283,18 @@ def test_circle_page_answers_for_links(ams: AmsDouble, caplog: pytest.LogCapture
 # --------------------------------------------------------------------------- REST filters
 
 
+def assert_tomcat_403(r: requests.Response, message: str) -> None:
+    """JWTFilter/IPFilter call sendError(403, msg): Tomcat's HTML page, not a Result."""
+    assert r.status_code == 403
+    assert r.headers["Content-Type"].startswith("text/html")
+    assert "<h1>HTTP Status 403" in r.text and f"<b>Message</b> {message}</p>" in r.text
+    with pytest.raises(ValueError):
+        r.json()
+
+
 def test_ip_filter_refuses_a_remote_bot_until_allowed(clock: ManualClock) -> None:
     with AmsDouble(ip_allowed=False, clock=clock) as ams:
-        r = requests.get(rest(ams, "/version"), timeout=5)
-        assert r.status_code == 403 and r.json()["message"] == MSG_NOT_ALLOWED_IP
+        assert_tomcat_403(requests.get(rest(ams, "/version"), timeout=5), MSG_NOT_ALLOWED_IP)
         ams.update_settings(remoteAllowedCIDR=f"127.0.0.1,{REMOTE_BOT_IP}/32")
         assert requests.get(rest(ams, "/version"), timeout=5).status_code == 200
         ams.update_settings(remoteAllowedCIDR="127.0.0.1", ipFilterEnabled=False)
@@ -205,15 +310,26 @@ def test_rest_jwt_filter(clock: ManualClock) -> None:
 
         no_claims = jwt.encode({}, REST_SECRET, algorithm="HS256")
         assert call(f"Bearer {no_claims}").status_code == 200  # no claims required
+        # JWTFilter strips a leading "Bearer" in any case, and takes a bare token too.
+        assert call(f"bearer {no_claims}").status_code == 200
+        assert call(no_claims).status_code == 200
         expired = jwt.encode({"exp": T0 - 1}, REST_SECRET, algorithm="HS256")
         for bad in (
             None,
-            no_claims,  # no "Bearer"
+            "Bearer ",
             f"Bearer {expired}",
             f"Bearer {jwt.encode({}, 'wrong-secret-0123456789-0123456789-x', algorithm='HS256')}",
         ):
-            r = call(bad)
-            assert r.status_code == 403 and r.json()["message"] == MSG_INVALID_APP_JWT
+            assert_tomcat_403(call(bad), MSG_INVALID_APP_JWT)
+
+
+def test_jwt_filter_runs_before_the_ip_filter(clock: ManualClock) -> None:
+    """StreamApp's web.xml maps RestJWTAuthenticationFilter before IPFilter."""
+    with AmsDouble(rest_jwt_secret=REST_SECRET, ip_allowed=False, clock=clock) as ams:
+        assert_tomcat_403(requests.get(rest(ams, "/version"), timeout=5), MSG_INVALID_APP_JWT)
+        good = {"Authorization": f"Bearer {jwt.encode({}, REST_SECRET, algorithm='HS256')}"}
+        r = requests.get(rest(ams, "/version"), headers=good, timeout=5)
+        assert_tomcat_403(r, MSG_NOT_ALLOWED_IP)
 
 
 # --------------------------------------------------------------------------- management
@@ -321,65 +437,14 @@ def test_accept_only_rooms_in_data_store(ams: AmsDouble) -> None:
     assert ams.join("real", token("real"), "p1")
 
 
-class _Hook(BaseHTTPRequestHandler):
-    status = 200
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).seen.append(json.loads(body))
-        self.send_response(type(self).status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, type[_Hook]]]:
-    handler = type("Hook", (_Hook,), {"seen": [], "status": 200})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/ams-auth", handler
-    server.shutdown()
-    server.server_close()
-
-
-def test_webhook_is_consulted_after_the_jwt(
-    ams: AmsDouble, webhook: tuple[str, type[_Hook]]
-) -> None:
-    url, hook = webhook
-    ams.update_settings(webhookAuthenticateURL=url)
-    create(ams, "room", metaData="m")
-    assert ams.check_join("room", token("room"), participant_id="p1")[0]
-    sent = hook.seen[-1]
-    assert set(sent) == {
-        "appName",
-        "name",
-        "streamId",
-        "mode",
-        "token",
-        "subscriberId",
-        "subscriberCode",
-        "metaData",
-        "queryParams",
-    }
-    assert (
-        sent["streamId"] == "room" and sent["mode"] == "publish" and sent["appName"] == "Conference"
-    )
-    assert sent["subscriberId"] == "p1" and sent["token"] == token("room")
-
-    hook.status = 403
-    assert not ams.check_join("room", token("room"))[0]
-    calls = len(hook.seen)
+def test_a_bad_jwt_is_refused_before_the_webhook(ams: AmsDouble, receiver: Receiver) -> None:
+    """Enterprise-only order (closed source): the stream JWT first, then the webhook."""
+    ams.update_settings(webhookAuthenticateURL=receiver.url("/auth"))
     assert not ams.check_join("room", token("room", exp=T0 - 5))[0]
-    assert len(hook.seen) == calls  # a bad JWT is refused before the webhook
-
-    ams.update_settings(webhookAuthenticateURL="http://127.0.0.1:9/unreachable")
-    assert not ams.check_join("room", token("room"))[0]
+    assert not ams.check_join("room", token("other"))[0]
+    assert receiver.calls == []
+    assert ams.check_join("room", token("room"))[0]
+    assert len(receiver.calls) == 1
 
 
 def test_verify_hs256_reasons() -> None:
@@ -450,3 +515,416 @@ def test_stop_frees_the_port_without_waiting_for_hung_requests() -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))  # the port is free again
     keep_alive.close()
+
+
+# --------------------------------------------------------------------------- Circle joins
+
+
+def hooked(ams: AmsDouble, receiver: Receiver, *, play: bool = True, hook: bool = True) -> None:
+    """Point AMS's publish check, play check and listener hook at the receiver."""
+    changes = {"webhookAuthenticateURL": receiver.url("/auth")}
+    if play:
+        changes["webhookPlayAuthUrl"] = receiver.url("/play")
+    if hook:
+        changes["listenerHookURL"] = receiver.url("/hook")
+    ams.update_settings(**changes)
+
+
+def test_publish_check_names_the_participant_stream_not_the_room(
+    ams: AmsDouble, receiver: Receiver
+) -> None:
+    hooked(ams, receiver)
+    create(ams, "room-1")
+    person = ams.circle_join(link(ams, "room-1"), name="Ada Lovelace-King")
+    assert person.joined and person.publishing and person.playing, person.why
+
+    (publish,) = receiver.to("/auth")
+    sent = publish.json
+    # AcceptOnlyStreamsWithWebhook: name == streamId == the published stream;
+    # Circle's generated id is the name without non-word characters + _ + 10 random.
+    assert re.fullmatch(r"AdaLovelaceKing_[A-Za-z0-9]{10}", sent["streamId"])
+    assert sent["streamId"] == person.stream_id == sent["name"]
+    assert sent["mode"] == "live" and sent["appName"] == "Conference"
+    assert sent["token"] == token("room-1")
+    assert json.loads(sent["metaData"]) == {
+        "isMicMuted": False,
+        "isCameraOn": True,
+        "isScreenShared": False,
+        "playOnly": False,
+        "role": "default",
+    }
+    # null fields are left out; the room id is nowhere (no mainTrack field)
+    assert set(sent) == {"appName", "name", "streamId", "mode", "token", "metaData"}
+    assert "room-1" not in json.dumps({k: v for k, v in sent.items() if k != "token"})
+    assert publish.headers["Content-Type"] == "application/json"
+
+    (play,) = receiver.to("/play")
+    assert play.json == {
+        "streamId": "room-1",  # Circle plays the room
+        "mode": "play",
+        "appName": "Conference",
+        "origin": ams.url,
+        "token": token("room-1"),
+        "metaData": "{}",
+    }
+    # publish check, then play check, then the started hook
+    started = receiver.wait_for("/hook", 1)[0]
+    assert receiver.calls.index(publish) < receiver.calls.index(play)
+    assert receiver.calls.index(play) < receiver.calls.index(started)
+    assert ams.connected("room-1") == [person.stream_id]
+    assert ams.participants("room-1") == [person.stream_id]
+    assert ams.watching("room-1") == [person.stream_id]
+
+
+def test_link_stream_id_subscriber_and_screen_share(ams: AmsDouble, receiver: Receiver) -> None:
+    hooked(ams, receiver, play=False)
+    create(ams, "room-1")
+    person = ams.circle_join(
+        link(ams, "room-1", streamId="room-1_alice_0f", streamName="Alice%20A", subscriberId="s1")
+    )
+    assert person.stream_id == "room-1_alice_0f" and person.name == "Alice A"
+    assert receiver.to("/auth")[0].json["streamId"] == "room-1_alice_0f"
+    assert receiver.to("/auth")[0].json["subscriberId"] == "s1"
+
+    assert ams.share_screen(person) and person.presenting
+    shared = receiver.to("/auth")[1].json
+    assert shared["streamId"] == "room-1_alice_0f_presentation" == person.presentation_id
+    assert shared["token"] == token("room-1")  # the same token
+    assert json.loads(shared["metaData"])["isScreenShared"] is True
+    assert sorted(ams.connected("room-1")) == ["room-1_alice_0f", "room-1_alice_0f_presentation"]
+    screen = ams.broadcasts["room-1_alice_0f_presentation"]
+    assert screen["name"] == "Alice A - Screen Share" and screen["mainTrackStreamId"] == "room-1"
+
+    assert ams.stop_screen(person) and not person.presenting and person.publishing
+    assert ams.connected("room-1") == ["room-1_alice_0f"]
+
+
+@pytest.mark.parametrize("status", [201, 204, 302, 401, 403, 500])
+def test_only_http_200_lets_a_publish_through(
+    ams: AmsDouble, receiver: Receiver, status: int
+) -> None:
+    hooked(ams, receiver)
+    receiver.status["/auth"] = status
+    create(ams, "room")
+    person = ams.circle_join(link(ams, "room"), name="Bob")
+    assert not person.publishing and str(status) in person.why
+    assert ams.connected("room") == [] and ams.participants("room") == []
+    assert receiver.to("/redirected") == []  # a POST's redirect is not followed
+    # Publish and play are separate checks: refused at publish, still watching.
+    assert person.playing and ams.watching("room") == [person.stream_id]
+    assert ams.wait_hooks() and receiver.to("/hook") == []  # nothing went live
+
+
+def test_an_unreachable_webhook_refuses(ams: AmsDouble) -> None:
+    ams.update_settings(webhookAuthenticateURL="http://127.0.0.1:9/unreachable")
+    ok, why = ams.check_join("room", token("room"))
+    assert not ok and "unreachable" in why
+
+
+def test_a_refused_play_means_no_watching(ams: AmsDouble, receiver: Receiver) -> None:
+    hooked(ams, receiver)
+    receiver.status["/play"] = 403
+    person = ams.circle_join(link(ams, "room"), name="Eve")
+    assert person.publishing and not person.playing and not person.joined
+    assert ams.watching("room") == []
+    assert ams.check_join("room", token("room"), "publish")[0]
+    assert ams.check_join("room", token("room"), "play") == (
+        False,
+        "play webhook answered HTTP 403",
+    )
+
+
+def test_publish_checks_are_serialised_per_app_and_time_out_after_5_s(
+    ams: AmsDouble, receiver: Receiver
+) -> None:
+    ams.update_settings(webhookAuthenticateURL=receiver.url("/auth"))
+    receiver.hold["/auth"] = threading.Event()  # the first call never answers in time
+    first: list[tuple[bool, str]] = []
+    slow = threading.Thread(target=lambda: first.append(ams.check_join("r", token("r"))))
+    slow.start()
+    receiver.wait_for("/auth", 1)
+    del receiver.hold["/auth"]  # later calls answer at once
+    second: list[tuple[bool, str]] = []
+    other = threading.Thread(target=lambda: second.append(ams.check_join("s", token("s"))))
+    other.start()
+    slow.join(10)
+    receiver.marker.set()  # the first check has returned
+    other.join(10)
+    assert first == [(False, "authorization webhook unreachable: ReadTimeout")]
+    assert second == [(True, "ok")]
+    calls = receiver.to("/auth")
+    assert len(calls) == 2 and calls[1].first_done  # the second waited for the first
+
+
+def test_reconnect_reruns_both_checks_with_the_same_token(
+    ams: AmsDouble, receiver: Receiver
+) -> None:
+    hooked(ams, receiver)
+    create(ams, "room")
+    person = ams.circle_join(link(ams, "room"), name="Carol")
+    other = ams.circle_join(link(ams, "room"), name="Dan")
+    ams.share_screen(person)
+    assert ams.reconnect(person) and person.publishing and person.presenting
+    tokens = {c.json["token"] for c in receiver.to("/auth") + receiver.to("/play")}
+    assert tokens == {token("room")}
+    assert [c.json["streamId"] for c in receiver.to("/auth")].count(person.stream_id) == 2
+
+    receiver.status["/auth"] = 403  # the bot now refuses this person
+    assert not ams.reconnect(person)
+    assert not person.publishing and not person.presenting
+    assert ams.connected("room") == [other.stream_id]  # everyone else stays
+    ams.wait_hooks()
+    ended = [c.json["id"] for c in receiver.to("/hook") if c.json["action"] == "liveStreamEnded"]
+    assert person.stream_id in ended and person.presentation_id in ended
+
+
+def test_play_only_link_only_plays(ams: AmsDouble, receiver: Receiver) -> None:
+    hooked(ams, receiver)
+    person = ams.circle_join(link(ams, "room", playOnly="true"))
+    assert person.play_only and person.joined and not person.publishing
+    assert receiver.to("/auth") == [] and len(receiver.to("/play")) == 1
+    assert ams.connected("room") == [] and ams.watching("room") == [person.stream_id]
+    with pytest.raises(ValueError):
+        ams.share_screen(person)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_circle_stream_ids_are_valid_ams_ids(name: str) -> None:
+    stream_id = circle_stream_id(name)
+    assert re.fullmatch(r"[A-Za-z0-9]*_[A-Za-z0-9]{10}", stream_id)
+    assert stream_id[:-11] == "".join(c for c in name if c.isascii() and c.isalnum())
+
+
+# --------------------------------------------------------------------------- listener hooks
+
+
+def test_listener_hooks_on_join_and_leave(
+    ams: AmsDouble, receiver: Receiver, clock: ManualClock
+) -> None:
+    ams.update_settings(listenerHookURL=receiver.url("/hook"))
+    create(ams, "room")
+    person = ams.circle_join(link(ams, "room", subscriberId="sub-1"), name="Fay")
+    clock.advance(5)
+    ams.hang_up(person)
+    assert ams.wait_hooks()
+    by_action = {c.json["action"]: c.json for c in receiver.wait_for("/hook", 3)}
+    started, ended, empty = (
+        by_action[a]  # the pool does not keep the order
+        for a in ("liveStreamStarted", "liveStreamEnded", "noActiveSubtracksLeftInMainTrack")
+    )
+    base = {
+        "id": person.stream_id,
+        "streamName": "Fay",
+        "mainTrackId": "room",
+        "roomId": "room",
+        "subscriberId": "sub-1",
+        "app": "Conference",
+        "metadata": {
+            "isMicMuted": False,
+            "isCameraOn": True,
+            "isScreenShared": False,
+            "playOnly": False,
+            "role": "default",
+        },
+    }
+    assert started == {**base, "action": "liveStreamStarted", "timestamp": str(T0 * 1000)}
+    assert ended == {**base, "action": "liveStreamEnded", "timestamp": str((T0 + 5) * 1000)}
+    # updateMainTrackWithRecentlyFinishedBroadcast: the last one out
+    assert empty == {
+        "id": "room",
+        "action": "noActiveSubtracksLeftInMainTrack",
+        "streamName": "topic",
+        "app": "Conference",
+        "timestamp": str((T0 + 5) * 1000),
+    }
+    hook = receiver.to("/hook")[0]
+    assert hook.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert ams.broadcasts["room"]["status"] == "finished"
+
+
+def test_listener_hooks_in_form_encoding(ams: AmsDouble, receiver: Receiver) -> None:
+    ams.update_settings(
+        listenerHookURL=receiver.url("/hook"),
+        webhookContentType="application/x-www-form-urlencoded",
+    )
+    person = ams.circle_join(link(ams, "room"), name="Gus Ho")
+    ams.wait_hooks()
+    (hook,) = receiver.wait_for("/hook", 1)
+    assert hook.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    form = hook.form
+    assert form["id"] == person.stream_id and form["action"] == "liveStreamStarted"
+    assert form["streamName"] == "Gus Ho" and form["mainTrackId"] == "room"
+    assert json.loads(form["metadata"])["role"] == "default"
+
+
+def test_hooks_can_be_delivered_out_of_order(
+    ams: AmsDouble, receiver: Receiver, clock: ManualClock
+) -> None:
+    ams.update_settings(listenerHookURL=receiver.url("/hook"))
+    create(ams, "room")
+    ams.hold_hooks()
+    person = ams.circle_join(link(ams, "room"), name="Hal")
+    clock.advance(1)
+    ams.hang_up(person)
+    assert [h["action"] for h in ams.held_hooks()] == [
+        "liveStreamStarted",
+        "liveStreamEnded",
+        "noActiveSubtracksLeftInMainTrack",
+    ]
+    assert receiver.calls == []  # held
+    delivered = ams.release_hooks("reversed")
+    assert [d.status for d in delivered] == [200, 200, 200]
+    got = [c.json for c in receiver.to("/hook")]
+    assert [h["action"] for h in got] == [
+        "noActiveSubtracksLeftInMainTrack",
+        "liveStreamEnded",
+        "liveStreamStarted",
+    ]
+    # the timestamps still tell the order
+    ordered = sorted(got[1:], key=lambda h: int(h["timestamp"]))
+    assert [h["action"] for h in ordered] == ["liveStreamStarted", "liveStreamEnded"]
+
+
+def test_hook_retries_follow_webhook_retry_count(ams: AmsDouble, receiver: Receiver) -> None:
+    ams.update_settings(listenerHookURL=receiver.url("/hook"))
+    receiver.status["/hook"] = 500
+    ams.join("room", token("room"), "p1")
+    ams.wait_hooks()
+    assert len(receiver.to("/hook")) == 1  # webhookRetryCount defaults to 0
+    ams.update_settings(webhookRetryCount=2, webhookRetryDelay=10)
+    ams.join("room", token("room"), "p2")
+    ams.wait_hooks()
+    assert [c.json["id"] for c in receiver.to("/hook")] == ["p1", "p2", "p2", "p2"]
+
+
+# --------------------------------------------------------------------------- subtracks, lists
+
+
+def test_participants_are_subtracks_of_the_room(ams: AmsDouble) -> None:
+    create(ams, "room")
+    create(ams, "empty")
+    for i in range(260):
+        assert ams.join("room", token("room"), f"p{i:03d}")
+    count = requests.get(rest(ams, "/broadcasts/room/active-subtracks-count"), timeout=5)
+    assert count.json() == {"number": 260}
+    # active-subtracks pages with skip/limit and no 250 cap
+    page = requests.get(rest(ams, "/broadcasts/room/active-subtracks/0/300"), timeout=5).json()
+    assert len(page) == 260 and {t["mainTrackStreamId"] for t in page} == {"room"}
+    tail = requests.get(rest(ams, "/broadcasts/room/active-subtracks/255/10"), timeout=5).json()
+    assert [t["streamId"] for t in tail] == [f"p{i}" for i in range(255, 260)]
+    none = requests.get(rest(ams, "/broadcasts/empty/active-subtracks/0/0"), timeout=5)
+    assert none.status_code == 200 and none.json() == []
+    missing = requests.get(rest(ams, "/broadcasts/nope/active-subtracks/0/10"), timeout=5)
+    assert missing.status_code == 404 and missing.json()["success"] is False
+    # the plain list includes participant streams, 250 a page at most
+    first = requests.get(rest(ams, "/broadcasts/list/0/250"), timeout=5).json()
+    assert len(first) == 250 and sum(1 for b in first if b["mainTrackStreamId"]) == 248
+    second = requests.get(rest(ams, "/broadcasts/list/250/250"), timeout=5).json()
+    assert len(second) == 12
+
+
+def test_list_offsets_shift_as_streams_come_and_go(ams: AmsDouble) -> None:
+    create(ams, "r0")
+    ams.join("r0", token("r0"), "alice")  # a participant stream between the rooms
+    for room in ("r1", "r2", "r3"):
+        create(ams, room)
+
+    def page(offset: int) -> list[str]:
+        got = requests.get(rest(ams, f"/broadcasts/list/{offset}/3"), timeout=5).json()
+        return [b["streamId"] for b in got]
+
+    assert page(0) == ["r0", "alice", "r1"]
+    ams.leave("r0", "alice")  # gone between two page reads
+    assert page(3) == ["r3"]  # "r2" moved to offset 2: no page shows it
+
+
+def test_datastore_fault_answers_200_and_an_empty_list(ams: AmsDouble) -> None:
+    create(ams, "room")
+    ams.datastore_fault(1)
+    r = requests.get(rest(ams, "/broadcasts/list/0/50"), timeout=5)
+    assert r.status_code == 200 and r.json() == []
+    assert [b["streamId"] for b in requests.get(rest(ams, "/broadcasts/list/0/50")).json()] == [
+        "room"
+    ]
+    ams.datastore_fault(1, reads=("get",))  # MongoStore.get swallows it too: null → 404
+    missing = requests.get(rest(ams, "/broadcasts/room"), timeout=5)
+    assert missing.status_code == 404 and missing.content == b""
+    assert requests.get(rest(ams, "/broadcasts/room"), timeout=5).status_code == 200
+
+
+# --------------------------------------------------------------------------- stop semantics
+
+
+def stop(ams: AmsDouble, stream_id: str, **params: str) -> dict[str, Any]:
+    return requests.post(
+        rest(ams, f"/broadcasts/{stream_id}/stop"), params=params, timeout=5
+    ).json()
+
+
+def test_enterprise_stop_stops_every_participant_by_default(
+    ams: AmsDouble, receiver: Receiver
+) -> None:
+    ams.update_settings(listenerHookURL=receiver.url("/hook"))
+    create(ams, "room")
+    people = [ams.circle_join(link(ams, "room"), name=n) for n in ("A", "B")]
+    assert stop(ams, "room", stopSubtracks="false")["success"] is True
+    assert len(ams.connected("room")) == 2  # told not to, nobody is stopped
+    late = ams.circle_join(link(ams, "room"), name="C")
+    assert stop(ams, late.stream_id)["success"] is True  # one participant's own stream
+    assert not late.publishing and len(ams.connected("room")) == 2
+    assert stop(ams, "room")["success"] is True  # stopSubtracks defaults to true
+    assert ams.connected("room") == [] and not any(p.publishing for p in people)
+    count = requests.get(rest(ams, "/broadcasts/room/active-subtracks-count"), timeout=5)
+    assert count.json() == {"number": 0}
+    ams.wait_hooks()
+    ended = {c.json["id"] for c in receiver.to("/hook") if c.json["action"] == "liveStreamEnded"}
+    assert ended == {p.stream_id for p in [*people, late]}
+
+
+def test_community_stop_ignores_stop_subtracks(clock: ManualClock, receiver: Receiver) -> None:
+    with AmsDouble(stream_secret=SECRET, clock=clock, stop_semantics="community") as ams:
+        ams.update_settings(listenerHookURL=receiver.url("/hook"))
+        create(ams, "room")
+        a, b = (ams.circle_join(link(ams, "room"), name=n) for n in ("A", "B"))
+        result = stop(ams, "room", stopSubtracks="true")
+        assert result["success"] is False  # the main track itself is never live
+        assert sorted(ams.connected("room")) == sorted([a.stream_id, b.stream_id])
+        # stopping a participant's own stream disconnects that participant only
+        assert stop(ams, a.stream_id)["success"] is True
+        assert not a.publishing and b.publishing and ams.connected("room") == [b.stream_id]
+        ams.wait_hooks()
+        actions = [(c.json["action"], c.json["id"]) for c in receiver.to("/hook")]
+        assert ("liveStreamEnded", a.stream_id) in actions
+        assert ("liveStreamEnded", b.stream_id) not in actions
+        # DELETE: the records go, the person stays connected
+        gone = requests.delete(rest(ams, "/broadcasts/room"), timeout=5).json()
+        assert gone["success"] is True and "could not stopped" in gone["message"]
+        assert ams.connected("room") == [b.stream_id] and b.publishing
+        count = requests.get(rest(ams, "/broadcasts/room/active-subtracks-count"), timeout=5)
+        assert count.status_code == 404
+
+
+def test_community_edition_defaults_to_community_stop(clock: ManualClock) -> None:
+    with AmsDouble(edition=COMMUNITY_EDITION, clock=clock) as ams:
+        create(ams, "room")
+        assert ams.join("room", None, "p1")
+        assert stop(ams, "room")["success"] is False and ams.connected("room") == ["p1"]
+
+
+def test_enterprise_delete_disconnects_and_says_so(ams: AmsDouble, receiver: Receiver) -> None:
+    ams.update_settings(listenerHookURL=receiver.url("/hook"))
+    create(ams, "room")
+    person = ams.circle_join(link(ams, "room"), name="Ivy")
+    gone = requests.delete(rest(ams, "/broadcasts/room"), timeout=5).json()
+    assert gone == {
+        "success": True,
+        "message": "broadcast is deleted and stopped successfully",
+        "dataId": None,
+        "errorId": 0,
+    }
+    assert not person.publishing and ams.connected("room") == [] and ams.broadcasts == {}
+    ams.wait_hooks()
+    actions = sorted((c.json["action"], c.json["id"]) for c in receiver.to("/hook"))
+    assert ("liveStreamEnded", person.stream_id) in actions
+    assert ("liveStreamEnded", "room") in actions  # notifyLiveStreamEnded for the room

@@ -344,6 +344,33 @@ def test_calls_api_and_team_info(double, client):
     assert client.team_info()["team"]["id"] == "T0001"
 
 
+def test_calls_end_answers_like_slack(double, client):
+    """calls.end: invalid_call_id for an unknown Call; an ended one is ok + inactive_call."""
+    with pytest.raises(SlackApiError) as e:
+        client.calls_end(id="R0NOSUCHCALL")
+    assert e.value.response["error"] == "invalid_call_id"
+    call = client.calls_add(
+        external_unique_id="room-2", join_url="https://ams.example/x", created_by="U2"
+    )["call"]
+    first = client.calls_end(id=call["id"], duration=30)
+    assert first.data == {"ok": True}
+    again = client.calls_end(id=call["id"], duration=99)  # ok: true, so no exception
+    assert again.data == {"ok": True, "error": "inactive_call"}
+    assert double.slack_calls[call["id"]]["duration"] == 30  # the second end changed nothing
+    for method in (client.calls_update, client.calls_participants_add):
+        with pytest.raises(SlackApiError) as e:
+            method(id="R0NOSUCHCALL", users=[{"slack_id": "U2"}])
+        assert e.value.response["error"] == "invalid_call_id"
+
+
+def test_calls_add_refuses_a_bad_created_by(double, client):
+    for bad in ("U0NOBODY", "not-a-user-id"):
+        with pytest.raises(SlackApiError) as e:
+            client.calls_add(external_unique_id="room-3", join_url="https://x", created_by=bad)
+        assert e.value.response["error"] == "invalid_created_by", bad
+    assert double.slack_calls == {}
+
+
 def test_concurrent_posts_are_all_recorded(double):
     for i in range(20):
         double.add_user(f"UC{i}")

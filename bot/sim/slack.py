@@ -1387,9 +1387,12 @@ class SlackDouble:
         return copy.deepcopy(users)
 
     def _slack_call(self, call_id: Any) -> dict[str, Any]:
+        """The Call registered as ``call_id``; Slack's Calls methods answer
+        ``invalid_call_id`` for one it does not know (calls.end, calls.update,
+        calls.participants.* reference pages)."""
         call = self.slack_calls.get(call_id) if isinstance(call_id, str) else None
         if call is None:
-            raise _ApiError("not_found")
+            raise _ApiError("invalid_call_id")
         return call
 
     # -- Web API methods -----------------------------------------------------------
@@ -1597,7 +1600,9 @@ class SlackDouble:
             raise _ApiError("invalid_arguments")
         if not args.get("created_by"):  # required with a bot token
             raise _invalid("[ERROR] created_by is required when using a bot token")
-        self._user(args["created_by"])
+        creator = args["created_by"]
+        if not isinstance(creator, str) or creator not in self.users:
+            raise _ApiError("invalid_created_by")  # calls.add: "not a valid user ID"
         call_id = _upper_id("R")
         call = {
             "id": call_id,
@@ -1622,6 +1627,10 @@ class SlackDouble:
 
     def _m_calls_end(self, args: dict[str, Any]) -> dict[str, Any]:
         call = self._slack_call(args.get("id"))
+        if "date_end" in call:
+            # calls.end's reference page: a Call already ended answers
+            # {"ok": true, "error": "inactive_call"}, so slack_sdk raises nothing.
+            return {"error": "inactive_call"}
         call["date_end"] = int(time.time())
         if args.get("duration") is not None:
             call["duration"] = int(args["duration"])
