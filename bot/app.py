@@ -667,7 +667,9 @@ def wsgi_app(services: Services, bolt_app: App | None) -> Callable[..., Iterable
         if path.startswith(JOIN_PREFIX):
             return handle_join(services.rooms, environ, start_response)
         if path.startswith(WEBHOOK_PREFIX):
-            return handle_webhook(services.rooms, environ, start_response)
+            return handle_webhook(
+                services.rooms, environ, start_response, observe=services.metrics.observe_webhook
+            )
         if path.startswith("/slack/") and slack_handler is not None:
             if method == "POST":
                 secret = services.settings.slack_signing_secret or ""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,34 @@ def _own_participant_stream(stream_id: str, room_id: str, claims: dict[str, Any]
     return stream_id.startswith(prefix) and re.fullmatch(r"[0-9a-f]{24}", tail) is not None
 
 
+#: How each answer to AMS is counted (``meetbot_auth_webhook_seconds{outcome}``).
+_OUTCOMES = {"200": "allowed", "403": "refused", "503": "error"}
+
+
 def handle_webhook(
+    rooms: Rooms,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    observe: Callable[[str, float], None] | None = None,
+) -> Iterable[bytes]:
+    """Answer the webhook; tell ``observe`` how long it took, AMS's join waited that long.
+
+    A wrong path secret (404) is not AMS calling, so it is not observed.
+    """
+    started = time.perf_counter()
+    status: list[str] = []
+
+    def record(line: str, headers: Any, *exc: Any) -> Any:
+        status.append(line.split(" ", 1)[0])
+        return start_response(line, headers, *exc)
+
+    body = _answer(rooms, environ, record)
+    if observe is not None and status and status[0] != "404":
+        observe(_OUTCOMES.get(status[0], "malformed"), time.perf_counter() - started)
+    return body
+
+
+def _answer(
     rooms: Rooms, environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterable[bytes]:
     """``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: 200 lets the join through, 403 refuses.

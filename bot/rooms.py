@@ -314,6 +314,8 @@ class Rooms:
                     room_id=room_id,
                     reason=reason,
                 )
+        if row is not None:
+            self._event("failed")
 
     def cleanup_failed(self) -> int:
         """Delete, again, AMS rooms whose create failed unclearly (see ``_mark_failed``).
@@ -324,7 +326,7 @@ class Rooms:
         t = self.now()
         cleaned = 0
         with self.store.write() as tx:
-            tx.execute(
+            stuck = tx.execute(
                 update(Room)
                 .where(Room.state == RoomState.CREATING, Room.created_at < t - STUCK_CREATING_S)
                 .values(
@@ -334,7 +336,9 @@ class Rooms:
                     attempts=0,
                     next_attempt_at=t,
                 )
-            )
+            ).rowcount
+        for _ in range(stuck or 0):
+            self._event("failed")
         with self.store.read() as s:
             ids = list(
                 s.scalars(
