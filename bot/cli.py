@@ -166,6 +166,11 @@ from bot.demo import demo_command as _demo_command  # noqa: E402 - needs `main` 
 
 main.add_command(_demo_command)
 
+# `meetbot setup`: first-run questions, .env, the Slack manifest, doctor (bot/setup_wizard.py).
+from bot.setup_wizard import setup_command as _setup_command  # noqa: E402 - needs `main`
+
+main.add_command(_setup_command)
+
 
 if __name__ == "__main__":
     main()
