@@ -225,3 +225,20 @@ def test_everything_present_means_nothing_to_do(machine):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert not [c for c in machine.calls() if not c.startswith("id ")]
+
+
+def test_readme_first_screen_is_the_demo_then_the_tests():
+    """A newcomer's two commands: one shows the bot working with nothing configured
+    (tests/test_demo.py runs that tour), the other is this script."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    first_screen = readme.split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", first_screen, re.S)
+    assert len(blocks) == 2, blocks
+    install_and_demo, tests = (b.strip() for b in blocks)
+    assert install_and_demo.startswith("python3 -m venv .venv && .venv/bin/pip install")
+    assert install_and_demo.endswith(".venv/bin/meetbot demo --script examples/demo.txt")
+    assert (REPO / "examples" / "demo.txt").is_file()
+    assert tests == "./scripts/test"
+    assert "meetbot serve" not in install_and_demo
