@@ -258,8 +258,19 @@ def _ask(q: Question) -> str:
     help="The Slack app manifest to fill in (default: ./manifest.yml).",
 )
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="doctor: s per call.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Only write .env and print the manifest: no database upgrade, no doctor "
+    "(when the bot runs elsewhere, e.g. in Docker; run doctor there).",
+)
 def setup_command(
-    env_file: Path, force: bool, manifest: Path | None, timeout: float, **given: Any
+    env_file: Path,
+    force: bool,
+    manifest: Path | None,
+    timeout: float,
+    no_check: bool,
+    **given: Any,
 ) -> None:
     """Ask for the public URL, AMS and the secrets; write .env; print the Slack
     manifest; run doctor.
@@ -325,6 +336,9 @@ def setup_command(
         )
     if env_file.resolve() != (Path.cwd() / ".env").resolve():
         click.echo(f"`meetbot serve` reads ./.env: start it in {env_file.resolve().parent}.")
+    if no_check:
+        click.echo("Not checked (--no-check): run `meetbot doctor` where the bot runs.")
+        return
     sys.exit(_migrate_and_check(merged, template, timeout))
 
 

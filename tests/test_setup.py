@@ -293,3 +293,14 @@ def test_doctor_failing_makes_setup_fail_but_keeps_the_file(ams, slack, tmp_path
     assert "Fix what doctor marks" in result.output
     assert (tmp_path / ".env").exists() and mode(tmp_path / ".env") == 0o600
     assert_no_secret(result.output)
+
+
+def test_no_check_writes_and_prints_but_touches_no_database_or_server(ams, slack, tmp_path):
+    """For a bot that runs elsewhere: no doctor here, no SQLite file conjured up."""
+    result = setup([*flags(ams, slack), "--no-check"])
+    assert result.exit_code == 0, result.output
+    assert mode(tmp_path / ".env") == 0o600
+    assert "slash_commands" in result.output and "meetbot doctor" in result.output
+    assert "no problems" not in result.output
+    assert not (tmp_path / "meetbot.db").exists()
+    assert ams.requests == [] and not slack.calls
