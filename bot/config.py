@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from bot.durations import parse_duration
 
-__all__ = ["ConfigError", "SECRET_FIELDS", "Settings", "load_settings"]
+__all__ = ["ConfigError", "SECRET_FIELDS", "Settings", "load_settings", "variable_names"]
 
 #: Fields whose values must never be shown (messages, ``doctor``, logs, repr).
 SECRET_FIELDS: frozenset[str] = frozenset(
@@ -512,3 +512,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         outbox_lease=outbox_lease,
         reconcile_interval=reconcile_interval,
     )
+
+
+def variable_names() -> frozenset[str]:
+    """Every environment variable :func:`load_settings` reads.
+
+    Found by letting it read an empty environment and noting each name it asks
+    for, so this cannot drift from the reader: deployment files (and the tests
+    that check them) compare against it instead of keeping a copy of the list.
+    """
+    asked: set[str] = set()
+
+    class Noting(dict[str, str]):
+        def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+            asked.add(key)
+            return default
+
+    try:
+        load_settings(Noting())
+    except ConfigError:
+        pass  # an empty environment lacks the required ones: expected
+    return frozenset(asked)

@@ -40,6 +40,8 @@ log = logging.getLogger("meetbot.metrics")
 
 #: AMS calls last from milliseconds (version) to the read timeout (10 s default).
 AMS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The auth webhook answers in milliseconds; AMS gives up on it after 5 s.
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class _DatabaseCollector(Collector):
@@ -115,6 +117,13 @@ class _DatabaseCollector(Collector):
                 value=int(pending or 0),
             )
         )
+        out.append(
+            GaugeMetricFamily(
+                "meetbot_outbox_oldest_age_seconds",
+                "Age of the oldest Slack message that is due and not sent yet; 0 when none.",
+                value=max(0, now - oldest_outbox) if oldest_outbox is not None else 0,
+            )
+        )
         due = [t for t in (oldest_outbox, oldest_room) if t is not None]
         lag = max(0, now - min(due)) if due else 0
         out.append(
@@ -168,8 +177,16 @@ class Metrics:
             buckets=AMS_BUCKETS,
             registry=self.registry,
         )
+        self.webhook_seconds = Histogram(
+            "meetbot_auth_webhook_seconds",
+            "Time to answer AMS's auth webhook (every join waits for it), by outcome "
+            '("allowed", "refused", "error", "malformed").',
+            ["outcome"],
+            buckets=WEBHOOK_BUCKETS,
+            registry=self.registry,
+        )
         # Present from the first scrape, so rate() and alerts see a 0, not a gap.
-        for event in ("created", "revoked"):
+        for event in ("created", "revoked", "failed"):
             self.room_events.labels(event)
         for outcome in ("sent", "failed", "ratelimited", "retry"):
             self.slack_sends.labels("dm_link", outcome)
@@ -189,6 +206,13 @@ class Metrics:
             self.slack_sends.labels(kind, outcome).inc()
         except Exception:
             log.exception("metrics: outbox_result failed")
+
+    def observe_webhook(self, outcome: str, seconds: float) -> None:
+        """``AmsAuth(observe=...)``: one answer to AMS's auth webhook."""
+        try:
+            self.webhook_seconds.labels(outcome).observe(seconds)
+        except Exception:
+            log.exception("metrics: observe_webhook failed")
 
     def observe_ams(self, op: str, outcome: str, seconds: float) -> None:
         """``AmsClient(observer=...)`` / ``AmsManagement(observer=...)``."""

@@ -181,7 +181,10 @@ class Services:
         routes += [
             (HOOK_PREFIX, AmsHook(s, self.calls)),
             (JOIN_PREFIX, JoinLinks(s, self.store, self.links, clock=self.clock)),
-            (WEBHOOK_PREFIX, AmsAuth(s, self.store, self.secrets)),
+            (
+                WEBHOOK_PREFIX,
+                AmsAuth(s, self.store, self.secrets, observe=self.metrics.observe_webhook),
+            ),
         ]
         if self._readiness is None:
             self._readiness = Readiness.for_settings(

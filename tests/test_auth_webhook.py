@@ -15,6 +15,7 @@ import requests
 
 from tests.conftest import ALICE, BOB, CAROL, STREAM_SECRET, sender_for, wait_for
 from tests.helpers import db_rows, dm_links, response_texts, token_of
+from tests.test_metrics import scrape, value
 
 HOOK_SECRET = "hook-secret_0123456789-abcdef"
 
@@ -145,6 +146,15 @@ def test_webhook_answers(hooked, slack, ams):
     assert hook(bot, {**body, "token": tok[ALICE]}).status_code == 403
     log = bot.log()
     assert tok[BOB] not in log and forged not in log and HOOK_SECRET not in log
+
+    # Every answer AMS got is timed, by outcome; wrong path secrets are not AMS.
+    m = scrape(bot.url)
+    count = "meetbot_auth_webhook_seconds_count"
+    assert value(m, count, outcome="allowed") == 2
+    assert value(m, count, outcome="refused") == 7
+    assert value(m, count, outcome="malformed") == 5
+    assert value(m, count, outcome="error") is None
+    assert value(m, "meetbot_auth_webhook_seconds_bucket", outcome="allowed", le="+Inf") == 2
     settle()
 
 

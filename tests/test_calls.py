@@ -21,9 +21,9 @@ import requests
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.rooms.links import parse_stream_id, participant_stream_id
-from bot.web.call_join import make_state, read_state, state_key
 from bot.slack.messages import room_card
 from bot.tokens import circle_link
+from bot.web.call_join import make_state, read_state, state_key
 from tests.conftest import (
     ALICE,
     BOB,

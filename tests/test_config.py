@@ -466,3 +466,31 @@ def test_env_none_without_dotenv_reads_os_environ(tmp_path, monkeypatch) -> None
         os.environ.pop("AMS_URL")
         with pytest.raises(ConfigError):
             load_settings()
+
+
+def test_variable_names_are_every_variable_the_reader_asks_for() -> None:
+    """variable_names() is what deployment files are checked against: it must hold every
+    name bot/config.py reads, including ones read only when another is set."""
+    import re
+    from pathlib import Path
+
+    from bot.config import variable_names
+
+    names = variable_names()
+    source = Path(load_settings.__code__.co_filename).read_text()
+    quoted = set(re.findall(r'"((?:SLACK|AMS|MEETBOT)_[A-Z_]+|DATABASE_URL|PORT)"', source))
+    assert quoted and quoted <= names, quoted - names
+    # Only what it reads: not Bolt's own variables, not compose's.
+    assert "SLACK_VERIFICATION_TOKEN" not in names and "POSTGRES_PASSWORD" not in names
+
+
+def test_readme_table_lists_exactly_the_variables_read() -> None:
+    import re
+    from pathlib import Path
+
+    from bot.config import variable_names
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)? \|", readme, re.M)
+    listed = {name for row in rows for name in row if name}
+    assert listed == variable_names()

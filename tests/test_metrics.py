@@ -220,16 +220,20 @@ def test_scheduler_lag_is_the_oldest_due_work(store):
     now = 1_000_000
     m = Metrics(store, clock=lambda: now)
     assert value(samples(m), "meetbot_scheduler_lag_seconds") == 0
+    assert value(samples(m), "meetbot_outbox_oldest_age_seconds") == 0
     room(store, "future", "active", now + 600)
     room(store, "done", "revoked", now - 5000)
     outbox(store, created_at=now - 3, not_before=0)  # queued "for now" 3 s ago
     outbox(store, created_at=now - 100, not_before=now + 50)  # a retry, not due yet
     outbox(store, created_at=now - 9000, state="done")
     assert value(samples(m), "meetbot_scheduler_lag_seconds") == 3
+    assert value(samples(m), "meetbot_outbox_oldest_age_seconds") == 3
     room(store, "overdue", "active", now - 40)
     room(store, "backing-off", "active", now - 4000, next_attempt_at=now + 30)
     s = samples(m)
     assert value(s, "meetbot_scheduler_lag_seconds") == 40
+    # The outbox's own age: an overdue room is not an owed message.
+    assert value(s, "meetbot_outbox_oldest_age_seconds") == 3
     assert value(s, "meetbot_open_rooms", state="active") == 3
     assert value(s, "meetbot_outbox_pending") == 2
 
@@ -316,3 +320,17 @@ def test_socket_mode_requests_get_a_cid_too(tmp_path, ams, slack):
         services.stop()
     assert len(seen) == 2 and all(seen) and seen[0] != seen[1]
     assert correlation_id.get() is None  # nothing leaks out of the request
+
+
+def test_a_room_that_fails_to_open_is_counted(bot, sender, ams):
+    ams.fail_next(1, status=500, path_regex=r"/broadcasts/create$")
+    r = sender.command("doomed", user_id=ALICE)
+    assert r.status_code == 200
+
+    def failed_once():
+        m = scrape(bot.url)
+        return m if value(m, "meetbot_room_events_total", event="failed") == 1 else None
+
+    m = wait_for(failed_once)
+    assert value(m, "meetbot_room_events_total", event="created") == 0
+    assert value(m, "meetbot_open_rooms", state="creating") == 0

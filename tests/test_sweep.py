@@ -59,9 +59,7 @@ def rooms(sqlite_url: str, ams: AmsDouble, slack: SlackDouble) -> Iterator[Rooms
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
     links = Links(settings, store, StaticSecret("x"))
     outbox = OutboxWorker(store, gateway, links, workers=1)  # never started: rows stay
-    r = Rooms(
-        settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper"
-    )
+    r = Rooms(settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper")
     yield r
     r.close()
     client.close()

@@ -157,6 +157,11 @@ from bot.ops.demo import demo_command as _demo_command  # noqa: E402 - needs `ma
 
 main.add_command(_demo_command)
 
+# `meetbot setup`: first-run questions, .env, the Slack manifest, doctor (bot/ops/setup.py).
+from bot.ops.setup import setup_command as _setup_command  # noqa: E402 - needs `main`
+
+main.add_command(_setup_command)
+
 
 if __name__ == "__main__":
     main()

@@ -94,7 +94,7 @@ class Rooms:
     ) -> None:
         """``owner`` names this process in leases; ``calls`` registers rooms as Slack
         Calls; ``on_change(team, users)`` hears whose view of rooms changed (the App
-        Home); ``on_event(name)`` counts "created" and "revoked" (metrics)."""
+        Home); ``on_event(name)`` counts "created", "revoked" and "failed" (metrics)."""
         self.settings = settings
         self.store = store
         self.ams = ams
@@ -271,6 +271,8 @@ class Rooms:
                     room_id=room_id,
                     reason=reason,
                 )
+        if row is not None:
+            self.event("failed")
 
     def cleanup_delay(self) -> int:
         """Long enough for a create that AMS is still chewing on to have landed."""
@@ -320,7 +322,7 @@ class Rooms:
             )
             room = row
         log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
-        self._event("created")
+        self.event("created")
         self.room_changed(room.id)
         return room
 
@@ -576,7 +578,7 @@ class Rooms:
             )
         for room in rooms:
             log.info("room %s revoked (%s)", room.id, reason)
-            self._event("revoked")
+            self.event("revoked")
         self._people_changed(people)
         if self.calls is not None:
             for room in rooms:
@@ -918,6 +920,7 @@ class Rooms:
             except Exception:
                 log.exception("on_change hook failed for %d people", len(users))
 
-    def _event(self, name: str) -> None:
+    def event(self, name: str) -> None:
+        """Count ``name`` ("created", "revoked", "failed") through ``on_event`` (metrics)."""
         if self.on_event:
             self.on_event(name)

@@ -124,7 +124,7 @@ class Sweep:
         t = self.rooms.now()
         cleaned = 0
         with self.store.write() as tx:
-            tx.execute(
+            stuck = tx.execute(
                 update(Room)
                 .where(Room.state == RoomState.CREATING, Room.created_at < t - STUCK_CREATING_S)
                 .values(
@@ -134,7 +134,9 @@ class Sweep:
                     attempts=0,
                     next_attempt_at=t,
                 )
-            )
+            ).rowcount
+        for _ in range(stuck or 0):
+            self.rooms.event("failed")
         with self.store.read() as s:
             ids = list(
                 s.scalars(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,17 +29,45 @@ log = logging.getLogger("meetbot.revocation")
 
 WEBHOOK_PREFIX = "/ams/auth/"
 MAX_WEBHOOK_BODY = 64 * 1024  # AMS's JSON is a few hundred bytes
+#: How each answer to AMS is counted (``meetbot_auth_webhook_seconds{outcome}``).
+_OUTCOMES = {"200": "allowed", "403": "refused", "503": "error"}
 
 
 class AmsAuth:
     """Answers AMS's question "may this token publish?" for every join."""
 
-    def __init__(self, settings: Settings, store: Store, secrets: SecretSource) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        secrets: SecretSource,
+        *,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``observe(outcome, seconds)`` hears how long each answer took (metrics):
+        AMS's joins waited that long."""
         self.settings = settings
         self.store = store
         self.secrets = secrets
+        self.observe = observe
 
     def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        status: list[str] = []
+
+        def record(line: str, headers: Any, *exc: Any) -> Any:
+            status.append(line.split(" ", 1)[0])
+            return start_response(line, headers, *exc)
+
+        body = self._answer(environ, record)
+        # A wrong path secret (404) is not AMS calling, so it is not observed.
+        if self.observe is not None and status and status[0] != "404":
+            self.observe(_OUTCOMES.get(status[0], "malformed"), time.perf_counter() - started)
+        return body
+
+    def _answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         """``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: 200 lets the join through, 403 refuses.

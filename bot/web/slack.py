@@ -41,6 +41,8 @@ __all__ = ["SLACK_PREFIX", "CorrelatedApp", "SlackRoute", "build_bolt_app"]
 log = logging.getLogger("meetbot.web")
 
 SLACK_PREFIX = "/slack/"
+#: What Bolt's App reads from the environment when it is not given them.
+BOLT_ENV = ("SLACK_BOT_TOKEN", "SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
 
 
 class CorrelatedApp(App):
@@ -87,14 +89,15 @@ def build_bolt_app(
         )
         oauth["installation_store"] = workspaces.installation_store
         oauth["installation_store_bot_only"] = True
-    # Bolt turns its own OAuth (file-based stores, token ignored) on whenever
-    # SLACK_CLIENT_ID/SECRET are in the environment. Beside a bot token they are
-    # for Sign in with Slack (bot/web/call_join.py), not installs: hide them from Bolt.
-    hidden = {
-        k: os.environ.pop(k)
-        for k in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
-        if not s.oauth_enabled and k in os.environ
-    }
+    # Bolt reads settings it was not given from the environment. Everything it
+    # needs is passed here, so it must see none of them:
+    # - SLACK_BOT_TOKEN: `client` carries the token; Bolt, finding the variable
+    #   too, warned at every start that it would be unused.
+    # - SLACK_CLIENT_ID/SECRET turn Bolt's own OAuth on (file-based stores, token
+    #   ignored). Beside a bot token they are for Sign in with Slack
+    #   (bot/web/call_join.py), not installs.
+    hide = ("SLACK_BOT_TOKEN",) if s.oauth_enabled else BOLT_ENV
+    hidden = {k: os.environ.pop(k) for k in hide if k in os.environ}
     try:
         app = CorrelatedApp(
             signing_secret=s.slack_signing_secret or "unused-in-socket-mode",
