@@ -557,7 +557,7 @@ class SlackCalls:
             return _page(start_response, "signin_failed")
         code = params.get("code") or ""
         if params.get("error") or not code:
-            log.info("call join for room %s: sign-in cancelled (%s)", room_id, params.get("error"))
+            log.info("call join for room %s: sign-in cancelled (%r)", room_id, params.get("error"))
             return _page(start_response, "signin_failed")
         try:
             user_id, team_id = self._identify(code, nonce)
@@ -751,5 +751,5 @@ def handle_hook(
         and (room_hint is None or isinstance(room_hint, str))
     ):
         ours = calls.stream_event(action, stream_id, room_hint)
-    log.debug("AMS hook %s for a stream%s", action, "" if ours else " (ignored)")
+    log.debug("AMS hook %r for a stream%s", action, "" if ours else " (ignored)")
     return json_response(start_response, "200 OK", {"ok": True})

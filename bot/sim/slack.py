@@ -236,7 +236,12 @@ def _json_reply(
     status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> _Reply:
     error = None if payload.get("ok") else str(payload.get("error", "unknown"))
-    return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}), error=error)
+    # Slack's Web API escapes every "/" in its JSON ("https:\/\/…"), as PHP's
+    # json_encode does by default; clients decode it, but a library that logs the
+    # raw body (slack_sdk at DEBUG) shows it that way. "/" occurs only inside
+    # JSON strings, where "\/" is a valid escape of it.
+    body = json.dumps(payload).replace("/", "\\/")
+    return _Reply(status, body.encode(), headers=dict(headers or {}), error=error)
 
 
 # ---------------------------------------------------------------------------
