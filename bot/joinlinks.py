@@ -193,6 +193,18 @@ PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
             "start a new room with <code>/meet</code> and invite you.",
         ],
     ),
+    "open": (
+        "200 OK",
+        "&#127909;",
+        "Your meeting link",
+        "",
+        [
+            "This is a personal link to a meeting. It opens the meeting when you click "
+            "it in your browser; link previews and scanners are shown this page instead.",
+            '<a href="{href}">Open the meeting</a>. If it brings you back here, '
+            "open the link in Chrome, Firefox, Safari or Edge.",
+        ],
+    ),
     "unknown": (
         "404 Not Found",
         "&#128279;",
@@ -207,9 +219,10 @@ PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
 }
 
 
-def render_page(name: str) -> tuple[str, bytes]:
+def render_page(name: str, href: str = "") -> tuple[str, bytes]:
     """``(status, html)`` of one self-contained page: inline CSS, no scripts, no fetches."""
     status, icon, title, css_class, paragraphs = PAGES[name]
+    paragraphs = [p.replace("{href}", escape(href)) for p in paragraphs]
     body = "\n".join(
         f'<p class="how">{p}</p>' if i == len(paragraphs) - 1 else f"<p>{p}</p>"
         for i, p in enumerate(paragraphs)
@@ -245,8 +258,8 @@ _COMMON_HEADERS = [
 ]
 
 
-def _page(start_response: Callable[..., Any], name: str) -> list[bytes]:
-    status, data = render_page(name)
+def _page(start_response: Callable[..., Any], name: str, href: str = "") -> list[bytes]:
+    status, data = render_page(name, href)
     start_response(
         status,
         [
@@ -260,6 +273,75 @@ def _page(start_response: Callable[..., Any], name: str) -> list[bytes]:
     return [data]
 
 
+# -- who is clicking -------------------------------------------------------------
+#: User-Agent words of link previewers, unfurlers and crawlers (lower case). They
+#: fetch a link to show a preview of it, often with a browser's Accept header.
+PREVIEW_AGENTS = (
+    "slackbot",  # Slackbot-LinkExpanding: Slack unfurling a pasted link
+    "facebookexternalhit",  # Facebook, Messenger, WhatsApp, iMessage previews
+    "facebot",
+    "twitterbot",
+    "linkedinbot",
+    "discordbot",
+    "telegrambot",
+    "whatsapp",
+    "skypeuripreview",  # Teams and Skype
+    "microsoftpreview",
+    "bingpreview",  # Outlook
+    "googlebot",
+    "google-pagerenderer",
+    "bingbot",
+    "applebot",
+    "embedly",
+    "iframely",
+    "pinterest",
+    "redditbot",
+    "mattermost",
+    "zoominfobot",
+    "crawler",
+    "spider",
+    "preview",
+)
+
+
+def not_a_click(environ: dict[str, Any]) -> str | None:
+    """Why this GET is not a person opening the link in a browser, or None if it is.
+
+    A click-time link mints a token that works for anyone who holds it, so it
+    is minted only for a browser navigating to it on someone's behalf; link
+    previews (Slack, Teams, Facebook, iMessage...), mail scanners and crawlers
+    get a page that says so instead (and write no audit row). The rule:
+
+    * a speculative fetch is not a click: ``Sec-Purpose``/``Purpose`` naming
+      prefetch or prerender, ``X-Moz: prefetch``, ``X-Purpose: preview``;
+    * nor is a known previewer or crawler, by its User-Agent (:data:`PREVIEW_AGENTS`);
+    * browsers say what a request is for (``Sec-Fetch-Mode``/``-Dest``; sent to
+      HTTPS and localhost): anything but ``navigate`` to a ``document`` (an
+      image, a script's fetch, a frame) is refused;
+    * without those headers (older browsers), a navigation still asks for
+      ``text/html`` in ``Accept``; scripts, scanners and most bots do not.
+
+    A person whose browser is misjudged sees the page and its link, which is
+    a navigation of its own.
+    """
+    purpose = " ".join(
+        str(environ.get(h) or "").lower()
+        for h in ("HTTP_SEC_PURPOSE", "HTTP_PURPOSE", "HTTP_X_MOZ", "HTTP_X_PURPOSE")
+    )
+    if any(word in purpose for word in ("prefetch", "prerender", "preview")):
+        return "prefetch"
+    agent = str(environ.get("HTTP_USER_AGENT") or "").lower()
+    if any(word in agent for word in PREVIEW_AGENTS):
+        return "previewer"
+    mode = str(environ.get("HTTP_SEC_FETCH_MODE") or "").lower()
+    dest = str(environ.get("HTTP_SEC_FETCH_DEST") or "").lower()
+    if mode or dest:
+        return None if (mode == "navigate" and dest in ("", "document")) else "not a navigation"
+    if "text/html" not in str(environ.get("HTTP_ACCEPT") or "").lower():
+        return "no browser"
+    return None
+
+
 # -- the route ------------------------------------------------------------------
 def handle_join(
     rooms: Rooms, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -269,7 +351,10 @@ def handle_join(
     Active room and unrevoked grant → 302 with ``Cache-Control: no-store`` and
     ``Referrer-Policy: no-referrer`` (the Location carries the token: no cache
     or Referer may keep it). Ended room → 410, withdrawn grant → 410, anything
-    else → 404. The token is minted in memory, never logged, stored or audited.
+    else → 404. The token is minted in memory, never logged or stored; the
+    click is audited. ``HEAD``, and a GET that :func:`not_a_click` says is no
+    person's click, mint nothing and audit nothing: they get the "open" page
+    (200, no ``Location``).
     """
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in ("GET", "HEAD"):
@@ -294,18 +379,26 @@ def handle_join(
         return _page(start_response, "ended")
     if grant.revoked_at is not None:
         return _page(start_response, "removed")
+    why_not = "HEAD" if method == "HEAD" else not_a_click(environ)
+    if why_not is not None:
+        log.info(
+            "join link for room %s not followed (%s; %r)",
+            room.id,
+            why_not,
+            str(environ.get("HTTP_USER_AGENT") or "")[:200],
+        )
+        return _page(start_response, "open", link_id)  # relative: .../join/<id>
     location = rooms.link_for(room, grant, direct=True)
-    if method == "GET":
-        with rooms.store.write() as tx:
-            rooms.store.audit(
-                tx,
-                "join",
-                actor=grant.user_id,
-                team_id=grant.team_id,
-                room_id=room.id,
-                grant_id=grant.id,
-                via="join_link",
-            )
+    with rooms.store.write() as tx:
+        rooms.store.audit(
+            tx,
+            "join",
+            actor=grant.user_id,
+            team_id=grant.team_id,
+            room_id=room.id,
+            grant_id=grant.id,
+            via="join_link",
+        )
     log.info("join link used for room %s by %s", room.id, grant.user_id)
     start_response(
         "302 Found",

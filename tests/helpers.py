@@ -9,6 +9,19 @@ from bot.sim.slack import SlackDouble
 
 CREATE = r"^/Conference/rest/v2/broadcasts/create$"
 
+#: What a browser sends when a person clicks a link (Chrome's navigation headers).
+BROWSER = {
+    "User-Agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.0.0 Safari/537.36"
+    ),
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+    "Sec-Fetch-Site": "none",
+    "Sec-Fetch-User": "?1",
+}
+
 
 def links_in(message: dict) -> list[str]:
     """Join URLs in one message's URL buttons."""

@@ -43,7 +43,7 @@ from tests.conftest import (
     sender_for,
     wait_for,
 )
-from tests.helpers import db_rows, dm_links, response_texts, token_of
+from tests.helpers import BROWSER, db_rows, dm_links, response_texts, token_of
 
 CLIENT_ID = "1234567890.0987654321"
 CLIENT_SECRET = "calls-client-secret-0123456789abcdef"
@@ -347,7 +347,7 @@ def test_calls_off_means_no_calls_api_traffic_at_all(start, slack, ams):
     r = requests.get(f"{public}/join/room/{room['id']}", allow_redirects=False, timeout=5)
     assert r.status_code == 404
     link = dm_links(slack, BOB)[0]
-    r = requests.get(link, allow_redirects=False, timeout=5)
+    r = requests.get(link, headers=BROWSER, allow_redirects=False, timeout=5)
     assert r.status_code == 302 and "streamId=" not in r.headers["Location"]
     stream = f"{room['id']}_{BOB}_{'0' * 24}"
     r = hook(bot, {"id": stream, "action": "liveStreamStarted", "mainTrackId": room["id"]})
