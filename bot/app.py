@@ -22,7 +22,6 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
-from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
@@ -53,7 +52,7 @@ from bot.stream_secret import (
     rotate,
 )
 from bot.worker import FrontActivity, HandOverError, WorkerDied, WorkerLink
-from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
+from bot.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, GuardedOAuthFlow, Workspaces
 
 log = logging.getLogger("meetbot.app")
 
@@ -387,7 +386,8 @@ def build_bolt_app(services: Services, listeners: Iterable[Listener] | None = No
     if s.oauth_enabled:
         # Multi-workspace: Bolt's install flow at /slack/install and
         # /slack/oauth_redirect (state checked), installations in our database.
-        oauth["oauth_flow"] = OAuthFlow(
+        oauth["oauth_flow"] = GuardedOAuthFlow(
+            allowed=services.workspaces.allowed,
             client=WebClient(base_url=s.slack_api_url, timeout=10),
             settings=OAuthSettings(
                 client_id=s.slack_client_id,

@@ -72,6 +72,7 @@ DEFAULT_SCOPES: tuple[str, ...] = (
 _METHODS = frozenset(
     {
         "auth.test",
+        "auth.revoke",
         "chat.postMessage",
         "chat.update",
         "chat.postEphemeral",
@@ -518,6 +519,8 @@ class SlackDouble:
         }
         self.oauth_client: tuple[str, str] | None = None
         self._oauth_codes: dict[str, dict[str, Any]] = {}
+        #: Tokens revoked with auth.revoke: Slack refuses them from then on.
+        self.revoked: set[str] = set()
         #: Sign in with Slack: who "the browser" is signed in as, and issued codes.
         self.openid_user: str | None = None
         self.openid_approve = True
@@ -1071,6 +1074,8 @@ class SlackDouble:
             return _json_reply(200, {"ok": False, "error": "not_authed"})
         if token not in self.tokens and token not in self.workspaces:
             return _json_reply(200, {"ok": False, "error": "invalid_auth"})
+        if token in self.revoked:
+            return _json_reply(200, {"ok": False, "error": "token_revoked"})
         self._token = token
         if self.calls and self.calls[-1].method == method and self.calls[-1].team_id is None:
             self.calls[-1].team_id = (self.workspaces.get(token) or {}).get("team_id")
@@ -1411,6 +1416,13 @@ class SlackDouble:
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
+
+    def _m_auth_revoke(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The calling token stops working; ``test=true`` only says it would."""
+        if str(args.get("test", "")).lower() in ("1", "true"):
+            return {"revoked": False}
+        self.revoked.add(self._token)
+        return {"revoked": True}
 
     def _m_team_info(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
