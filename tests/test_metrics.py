@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.metrics import Metrics, Readiness
 from bot.store import Store
 from tests.conftest import ALICE, BOB, CAROL, SIGNING_SECRET, TEAM, wait_for
+from tests.helpers import settled
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -135,7 +136,7 @@ def test_every_line_of_one_meet_carries_its_cid(start_bot, slack, ams):
     slack.wait_for_responses(r.response_key, 1)  # the fan-out report: the last step
     room_id = next(iter(ams.broadcasts))
     wait_for(lambda: f"room {room_id} opened" in bot.log())
-    time.sleep(0.2)
+    settled(bot)  # the DMs it owed are sent, and logged
     lines = meet_lines(bot.log(), before)
     # Other units of work (the scheduler's sweeps) run beside it under their own ids;
     # nothing runs under none, and everything recognisably part of the /meet is under one.
