@@ -25,8 +25,16 @@ import requests
 from cryptography.fernet import Fernet
 
 from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD
-from tests.conftest import ALICE, BOB, free_port, sender_for, wait_for
-from tests.helpers import BROWSER, db_dump, db_rows, dm_links, response_texts, token_of
+from tests.conftest import ALICE, BOB, CAROL, free_port, sender_for, wait_for
+from tests.helpers import (
+    BROWSER,
+    db_dump,
+    db_rows,
+    dm_links,
+    response_texts,
+    settled,
+    token_of,
+)
 
 JOIN_RE = re.compile(r"/join/([A-Za-z0-9_-]+)$")
 
@@ -199,6 +207,37 @@ def test_previews_prefetches_and_head_mint_nothing(start_bot, slack, ams):
         assert ams.check_join(room_id, token_of(r.headers["Location"]))[0], name
     assert [(a["actor"], a["room_id"]) for a in joins(bot)] == [(BOB, room_id)] * 2
     settle()
+
+
+def test_the_channel_card_carries_no_link_in_any_version(start_bot, slack, ams):
+    """Opened, someone's Get my link, extended, ended: the card never holds a link."""
+    bot = start_public(start_bot)
+    room_id = open_room(bot, slack)
+    sender = sender_for(bot, slack)
+    click = sender.block_action("meet_get_link", room_id, user_id=CAROL)
+    slack.wait_for_responses(click.response_key)
+    r = sender.command(f"extend {room_id} for 15m", user_id=ALICE)
+    slack.wait_for_responses(r.response_key)
+    r = sender.command(f"end {room_id}", user_id=ALICE)
+    slack.wait_for_responses(r.response_key)
+    settled(bot)
+
+    to_channel = [
+        c.args
+        for method in ("chat.postMessage", "chat.update")
+        for c in slack.calls_to(method)
+        if c.args.get("channel") == "C1"
+    ]
+    assert len(to_channel) >= 3  # the card, its extension, its end
+    for args in to_channel:
+        text = json.dumps(args)
+        for leak in ("/join/", "token=", "eyJ", "http://", "https://", ams.url):
+            assert leak not in text, (leak, args)
+        assert all(
+            el.get("type") != "button" or "url" not in el
+            for block in args.get("blocks") or []
+            for el in block.get("elements") or []
+        )
 
 
 def test_the_link_survives_a_stream_secret_rotation(start_bot, slack, ams):

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from bot.sim.slack import SlackSender
 from bot.workspaces import BOT_SCOPES
 from tests.conftest import ALICE, BOB, SIGNING_SECRET, wait_for
-from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
+from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams, settled
 
 CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret-abc"
 T1, T2 = "T0001", "T0002"
@@ -279,3 +279,50 @@ def test_an_org_wide_install_needs_its_org_on_the_list(start_bot, slack, ams):
     )
     assert done.status_code == 403 and "E0001" in done.text
     assert db_rows(bot.env["DATABASE_URL"], "slack_installations") == []
+
+
+# -- tokens_revoked ----------------------------------------------------------------------------
+def test_tokens_revoked_uninstalls_only_when_the_bot_token_goes(start_bot, slack, ams):
+    """A person revoking their own (user) token leaves the workspace's rooms alone."""
+    from slack_bolt.request import BoltRequest
+
+    from bot.app import Services, build_bolt_app
+    from bot.config import load_settings
+
+    bot = oauth_bot(start_bot, slack)
+    url = bot.env["DATABASE_URL"]
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command(f"retro <@{FRED}>", user_id=ERIN)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    settled(bot)
+    env = dict(bot.env)
+    assert bot.terminate() == 0
+
+    def deliver(tokens: dict) -> None:
+        """The event as Slack sends it, to the bot's listeners in this process; stop()
+        returns once the work they handed on is done, so what follows is final."""
+        services = Services(load_settings(env))
+        try:
+            app = build_bolt_app(services)
+            body = {
+                "type": "event_callback",
+                "team_id": T2,
+                "api_app_id": "A0001",
+                "event_id": f"Ev{len(tokens)}{sorted(tokens)}",
+                "event_time": 1700000000,
+                "event": {"type": "tokens_revoked", "tokens": tokens},
+            }
+            assert app.dispatch(BoltRequest(body=body, mode="socket_mode")).status == 200
+        finally:
+            services.stop()
+
+    deliver({"oauth": [ERIN]})  # Erin revoked her own sign-in: the bot keeps working
+    assert {r["team_id"] for r in db_rows(url, "slack_installations")} == {T2}
+    assert [room["state"] for room in db_rows(url, "rooms")] == ["active"]
+    assert len(rooms_on_ams(ams)) == 1
+
+    deliver({"oauth": [], "bot": ["UMEETBOT"]})  # the bot's token: the app is gone
+    assert db_rows(url, "slack_installations") == [] and db_rows(url, "slack_bots") == []
+    assert [room["state"] for room in db_rows(url, "rooms")] == ["revoked"]
+    assert rooms_on_ams(ams) == []
