@@ -11,11 +11,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Build from a throw-away directory so the running code is the installed
 # package, never a source tree that could shadow it.
+# constraints.txt is optional: with one (see docs/security.md, "Reproducible
+# images") every dependency is installed at the version it pins.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints*.txt ./
 COPY bot/ bot/
 COPY handlers/ handlers/
-RUN pip install . && rm -rf /src
+RUN if [ -f constraints.txt ]; then pip install -c constraints.txt .; else pip install .; fi \
+    && rm -rf /src
 
 # The app runs unprivileged. /app holds manifest.yml (for `meetbot doctor`'s
 # scope check) and /data a SQLite database, if one is used: mount a volume there.

@@ -91,6 +91,9 @@ class Settings:
     outbox_lease: int = 30
     #: How often one replica compares AMS's rooms with the database.
     reconcile_interval: int = 300
+    #: OAuth installs: the Slack team (T…) and Enterprise Grid org (E…) ids that
+    #: may install the app; empty means any workspace.
+    allowed_teams: tuple[str, ...] = ()
 
     @property
     def rotation_enabled(self) -> bool:
@@ -175,6 +178,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _APP_RE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 _URLSAFE_RE = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
 _INT_RE = re.compile(r"[0-9]{1,9}", re.ASCII)
+_TEAM_ID_RE = re.compile(r"[TE][A-Z0-9]{2,31}", re.ASCII)
 
 
 class _Reader:
@@ -312,6 +316,32 @@ def _database_url(r: _Reader) -> str:
         )
         return default
     return value
+
+
+def _allowed_teams(r: _Reader, *, oauth: bool) -> tuple[str, ...]:
+    """``MEETBOT_ALLOWED_TEAMS``: comma-separated team (T…) and org (E…) ids."""
+    name = "MEETBOT_ALLOWED_TEAMS"
+    value = r.raw(name)
+    if value is None:
+        return ()
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [i for i in ids if not _TEAM_ID_RE.fullmatch(i)]
+    if bad or not ids:
+        r.problem(
+            f"{name} must be Slack team ids (T…) or Enterprise Grid org ids (E…) separated "
+            f"by commas, not {_show(', '.join(bad) or value)}",
+            name,
+        )
+        return ()
+    if not oauth:
+        r.problem(
+            f"{name} only applies to multi-workspace OAuth installs (SLACK_CLIENT_ID and "
+            "SLACK_CLIENT_SECRET without SLACK_BOT_TOKEN); a bot token serves its own "
+            "workspace only",
+            name,
+        )
+        return ()
+    return tuple(dict.fromkeys(ids))
 
 
 def _fernet_ok(key: str) -> bool:
@@ -471,6 +501,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"MEETBOT_SLACK_CALLS=1 needs {' and '.join(calls_missing)} "
             "(people joining a Slack Call sign in with Slack to get their own link)"
         )
+    allowed_teams = _allowed_teams(r, oauth=bool(client_id and client_secret and not bot_token))
     log_format = r.choice("MEETBOT_LOG_FORMAT", "text", ("text", "json"), str.lower)
     log_level = r.choice("MEETBOT_LOG_LEVEL", "INFO", _LOG_LEVELS, str.upper)
 
@@ -511,6 +542,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fanout_workers=fanout_workers,
         outbox_lease=outbox_lease,
         reconcile_interval=reconcile_interval,
+        allowed_teams=allowed_teams,
     )
 
 

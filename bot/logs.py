@@ -19,10 +19,19 @@ from contextlib import contextmanager
 from typing import Any
 
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}")
-TOKEN_PARAM_RE = re.compile(r"(token=)[^&\s\"'<>]+", re.IGNORECASE)
-SLACK_TOKEN_RE = re.compile(r"xox[abposr]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}")
-# A click-time link id (bot/joinlinks.py) is as good as a token while its room is open.
-JOIN_LINK_RE = re.compile(r"(/join/)[A-Za-z0-9_-]{16,}")
+# "=" as itself, or percent-encoded (a link inside another URL's query string).
+TOKEN_PARAM_RE = re.compile(r"(token(?:=|%3D))[^&\s\"'<>\\]+", re.IGNORECASE)
+# Bot, user, app-level and refresh (xoxe-) tokens; "xoxe.xoxb-…" is caught by its tail.
+SLACK_TOKEN_RE = re.compile(r"xox[abposre]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,}")
+# A "/" as it reaches a log line: itself, JSON-escaped by Slack ("\/", with more
+# backslashes after a repr()), as a JSON unicode escape, or percent-encoded.
+_SLASH = r"(?:\\*/|\\+u002[fF]|%2[fF])"
+# A click-time link id (bot/joinlinks.py) is as good as a token while its room is
+# open. Ids are 43 base64url characters; any run of 16 or more after /join/ goes.
+# "/join/room/<room id>" (the Slack Call's link) names a room, not a person: kept.
+JOIN_LINK_RE = re.compile(rf"({_SLASH}join{_SLASH})(?!room{_SLASH})[A-Za-z0-9_-]{{16,}}")
+# The one-time code of an OAuth or Sign in with Slack redirect (?code=…).
+CODE_PARAM_RE = re.compile(r"((?:[?&]|\\+u0026|%3[fF]|%26)code(?:=|%3[dD]))[^&\s\"'<>\\]+")
 REDACTED = "[redacted]"
 NOISY = ("slack_bolt", "slack_sdk", "urllib3", "waitress", "apscheduler")
 
@@ -76,20 +85,43 @@ class CorrelationFilter(logging.Filter):
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every token, link id and configured secret replaced by ``[redacted]``.
+
+    Libraries log what they send and receive: slack_sdk at DEBUG logs Slack's
+    JSON as it came, with every "/" escaped as "\\/", so each pattern accepts
+    the escaped forms too. ``secrets`` should come through :func:`secret_forms`.
+    """
     text = JWT_RE.sub(REDACTED, text)
     text = TOKEN_PARAM_RE.sub(r"\1" + REDACTED, text)
     text = SLACK_TOKEN_RE.sub(REDACTED, text)
     text = JOIN_LINK_RE.sub(r"\1" + REDACTED, text)
+    text = CODE_PARAM_RE.sub(r"\1" + REDACTED, text)
     for secret in secrets:
         if secret and len(secret) >= 6:
             text = text.replace(secret, REDACTED)
     return text
 
 
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret as it may appear in a log line, longest first.
+
+    Itself, JSON-escaped (a secret with a quote or backslash in it), with "/"
+    escaped the way Slack's JSON does, and as ``repr()`` shows it.
+    """
+    forms: set[str] = set()
+    for s in secrets:
+        if not s:
+            continue
+        escaped = json.dumps(s, ensure_ascii=False)[1:-1]
+        written = {s, escaped, escaped.replace("/", "\\/")}
+        forms.update(written | {repr(f)[1:-1] for f in written})
+    return sorted(forms, key=len, reverse=True)
+
+
 class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = secret_forms(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

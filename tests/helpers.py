@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
 
 CREATE = r"^/Conference/rest/v2/broadcasts/create$"
+
+#: What a browser sends when a person clicks a link (Chrome's navigation headers).
+BROWSER = {
+    "User-Agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.0.0 Safari/537.36"
+    ),
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+    "Sec-Fetch-Site": "none",
+    "Sec-Fetch-User": "?1",
+}
 
 
 def links_in(message: dict) -> list[str]:
@@ -67,3 +83,44 @@ def db_exec(url: str, sql: str, **params: object) -> None:
 
 def response_texts(slack: SlackDouble, key: str) -> list[str]:
     return [r.get("text", "") for r in slack.responses.get(key, [])]
+
+
+def owed(url: str) -> list[dict]:
+    """Outbox rows not done: pending (due now), leased (being sent) or waiting
+    (``not_before`` later: a paced post, a retry after a 429 or a 5xx)."""
+    return [r for r in db_rows(url, "outbox") if r["state"] == "pending"]
+
+
+def settled(bot: Any, timeout: float = 30.0) -> None:
+    """Wait until the bot owes Slack nothing: no outbox row pending, leased or waiting.
+
+    ``bot`` is a ``BotProcess`` or a database URL (replicas share one). Call it
+    after the request's own outcome is visible (its reply, its row): work that
+    has not reached the outbox yet is not seen here. Then "nothing else
+    happened" is a count, not a guess about how long the bot needs.
+    """
+    from tests.conftest import wait_for
+
+    url = bot if isinstance(bot, str) else bot.env["DATABASE_URL"]
+    try:
+        wait_for(lambda: not owed(url), timeout=timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"the outbox did not settle within {timeout}s: {owed(url)}") from None
+
+
+_TICK_DONE = re.compile(
+    r'Job "Scheduler\.tick [^\n]*" (?:executed successfully|raised an exception)'
+)
+
+
+def sweeps(bot: Any) -> int:
+    """How many scheduler sweeps ``bot`` has finished (APScheduler logs each at INFO)."""
+    return len(_TICK_DONE.findall(bot.log()))
+
+
+def sweep_more(*bots: Any, n: int = 2, timeout: float = 30.0) -> None:
+    """Wait until every one of ``bots`` has finished ``n`` more sweeps than it had."""
+    from tests.conftest import wait_for
+
+    target = {id(b): sweeps(b) + n for b in bots}
+    wait_for(lambda: all(sweeps(b) >= target[id(b)] for b in bots), timeout=timeout)

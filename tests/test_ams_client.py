@@ -38,6 +38,7 @@ from bot.sim.ams import (
     AmsDouble,
     ManualClock,
 )
+from tests.conftest import wait_for
 
 SECRET = "stream-secret-0123456789-0123456789-abcdef"
 REST_SECRET = "rest-secret-0123456789-0123456789-abcdefgh"
@@ -284,10 +285,7 @@ def test_create_timeout_without_room_raises_and_never_reposts(
     assert ams.count("POST", path(ams, "/broadcasts/create")) == 1
     assert ams.count("GET", path(ams, "/broadcasts/room-1")) == 1
     # The late create lands anyway: the caller must clean up (rooms.py deletes it).
-    deadline = time.monotonic() + 3
-    while "room-1" not in ams.broadcasts and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "room-1" in ams.broadcasts
+    wait_for(lambda: "room-1" in ams.broadcasts, timeout=3)
 
 
 def test_create_5xx_probes_then_reports(client: AmsClient, ams: AmsDouble) -> None:

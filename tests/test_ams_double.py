@@ -39,6 +39,7 @@ from bot.sim.ams import (
     circle_stream_id,
     verify_hs256,
 )
+from tests.conftest import wait_for
 
 SECRET = "stream-secret-0123456789-0123456789-abcdef"
 REST_SECRET = "rest-secret-0123456789-0123456789-abcdefgh"
@@ -505,7 +506,7 @@ def test_stop_frees_the_port_without_waiting_for_hung_requests() -> None:
         daemon=True,
     )
     hung.start()
-    time.sleep(0.1)
+    wait_for(lambda: ams.count("GET", "/Conference/rest/v2/version"))  # it is hanging now
     started = time.monotonic()
     ams.stop()
     assert time.monotonic() - started < 2

@@ -158,6 +158,29 @@ def test_webhook_answers(hooked, slack, ams):
     settle()
 
 
+def test_a_token_with_someone_elses_jti_is_refused(hooked, slack, ams):
+    """A valid jti is not enough: the token must be that grant's person's (``sub``)."""
+    bot = hooked
+    room_id = open_room(bot, slack)
+    tok = tokens(slack, BOB, CAROL)
+    bobs = jwt.decode(tok[BOB], STREAM_SECRET, algorithms=["HS256"])
+    carols = jwt.decode(tok[CAROL], STREAM_SECRET, algorithms=["HS256"])
+    body = {"streamId": room_id, "mode": "publish", "token": tok[BOB]}
+    assert hook(bot, body).status_code == 200
+    # Signed with the real secret (as a leaked stream secret would allow), for this
+    # room, with Bob's live jti, but in Carol's name, or in nobody's.
+    for forged in (
+        {**bobs, "sub": CAROL},
+        {**carols, "jti": bobs["jti"]},
+        {k: v for k, v in bobs.items() if k != "sub"},
+    ):
+        token = jwt.encode(forged, STREAM_SECRET, algorithm="HS256")
+        assert hook(bot, {**body, "token": token}).status_code == 403, forged
+        assert not ams.check_join(room_id, token)[0]
+    assert "token does not match its grant" in bot.log()
+    settle()
+
+
 def test_without_the_webhook_secret_kick_warns_and_the_route_is_closed(start_bot, slack, ams):
     bot = start_bot()
     room_id = open_room(bot, slack, f"sync <@{BOB}>")

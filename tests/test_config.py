@@ -152,6 +152,31 @@ def test_oauth_replaces_the_bot_token() -> None:
     assert s.oauth_enabled and s.slack_bot_token is None
 
 
+OAUTH = {
+    "SLACK_BOT_TOKEN": None,
+    "SLACK_CLIENT_ID": "1.2",
+    "SLACK_CLIENT_SECRET": "cs",
+    "MEETBOT_SECRET_KEY": FERNET,
+}
+
+
+def test_allowed_teams() -> None:
+    assert load_settings(env(**OAUTH)).allowed_teams == ()
+    s = load_settings(env(**OAUTH, MEETBOT_ALLOWED_TEAMS=" T0001, E0ABC12 ,T0001,"))
+    assert s.allowed_teams == ("T0001", "E0ABC12")
+
+
+@pytest.mark.parametrize("bad", ["t0001", "U0001", "T0001;E01", ",", "T0001, C123"])
+def test_allowed_teams_are_team_or_org_ids(bad: str) -> None:
+    msg = one_problem(**OAUTH, MEETBOT_ALLOWED_TEAMS=bad)
+    assert msg.startswith("MEETBOT_ALLOWED_TEAMS must be Slack team ids (T…) or Enterprise")
+
+
+def test_allowed_teams_only_with_oauth() -> None:
+    msg = one_problem(MEETBOT_ALLOWED_TEAMS="T0001")
+    assert msg.startswith("MEETBOT_ALLOWED_TEAMS only applies to multi-workspace OAuth installs")
+
+
 def test_oauth_needs_a_key_to_encrypt_the_bot_tokens() -> None:
     msg = one_problem(SLACK_BOT_TOKEN=None, SLACK_CLIENT_ID="1.2", SLACK_CLIENT_SECRET="cs")
     assert msg.startswith("MEETBOT_SECRET_KEY is required with SLACK_CLIENT_ID")

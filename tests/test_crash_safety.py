@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ALICE, sender_for, wait_for
-from tests.helpers import db_rows, dm_links
+from tests.helpers import db_rows, dm_links, settled
 
 PEOPLE = [f"UPEOPLE{i:02d}" for i in range(50)]
 
@@ -43,7 +43,7 @@ def test_sigkill_mid_fanout_then_restart_every_invitee_gets_exactly_one_dm(start
 
     start_bot(bot.env["DATABASE_URL"], **env)
     wait_for(lambda: all(dm_counts(slack, crowd).values()), timeout=60)
-    time.sleep(1.0)
+    settled(bot.env["DATABASE_URL"])
     counts = dm_counts(slack, crowd)
     assert set(counts.values()) == {1}, {u: n for u, n in counts.items() if n != 1}
     assert all(dm_links(slack, u) for u in crowd)
@@ -64,5 +64,5 @@ def test_sigterm_exits_promptly_and_hands_back_unsent_work(start_bot, slack, cro
     # A 600 s lease would stall the rest for ten minutes had they not been handed back.
     start_bot(bot.env["DATABASE_URL"], **env)
     wait_for(lambda: all(dm_counts(slack, crowd).values()), timeout=60)
-    time.sleep(0.5)
+    settled(bot.env["DATABASE_URL"])
     assert set(dm_counts(slack, crowd).values()) == {1}

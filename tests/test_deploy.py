@@ -146,6 +146,39 @@ def test_dockerfile():
     assert "3000" in args["EXPOSE"]
 
 
+#: The last release with a known CVE, and the first without: pyproject.toml's floors
+#: must keep the former out (CVE-2024-49768/-49769, CVE-2024-47081, CVE-2024-12797,
+#: CVE-2024-53861).
+CVE_FLOORS = {
+    "waitress": ("3.0.0", "3.0.1"),
+    "requests": ("2.32.3", "2.32.4"),
+    "cryptography": ("44.0.0", "44.0.1"),
+    "pyjwt": ("2.10.0", "2.10.1"),
+}
+
+
+def test_dependency_floors_keep_known_cves_out():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = {Requirement(r).name.lower(): Requirement(r) for r in project["dependencies"]}
+    for name, (vulnerable, fixed) in CVE_FLOORS.items():
+        spec = reqs[name].specifier
+        assert not spec.contains(vulnerable), f"{name} {spec} still allows {vulnerable}"
+        assert spec.contains(fixed), f"{name} {spec} refuses the fixed {fixed}"
+
+
+def test_dockerfile_installs_with_constraints_when_given():
+    """docs/security.md tells operators to drop a constraints.txt next to the Dockerfile."""
+    steps = dockerfile()
+    copied = " ".join(a for i, a in steps if i == "COPY")
+    assert "constraints*.txt" in copied
+    assert any(i == "RUN" and "pip install -c constraints.txt ." in a for i, a in steps)
+    assert "constraints" not in (REPO / ".dockerignore").read_text()
+
+
 def test_dockerignore_keeps_secrets_and_local_state_out():
     patterns = {
         line.strip()

@@ -117,6 +117,27 @@ def test_json_output_for_scripts(monkeypatch, good_ams, good_slack, migrated):
     assert STREAM_SECRET not in result.stdout and DEFAULT_ADMIN_PASSWORD not in result.stdout
 
 
+def test_oauth_without_an_allow_list_warns(monkeypatch, good_ams, good_slack, migrated):
+    from cryptography.fernet import Fernet
+
+    oauth = dict(
+        SLACK_BOT_TOKEN=None,
+        SLACK_CLIENT_ID="1.2",
+        SLACK_CLIENT_SECRET="oauth-client-secret",
+        MEETBOT_SECRET_KEY=Fernet.generate_key().decode(),
+    )
+    checks = checks_for(env_for(good_ams, good_slack, migrated, **oauth))
+    assert checks["installs"].status is Status.WARN
+    assert "any Slack workspace can install" in checks["installs"].summary
+    assert "MEETBOT_ALLOWED_TEAMS" in checks["installs"].fix
+    listed = env_for(good_ams, good_slack, migrated, **oauth, MEETBOT_ALLOWED_TEAMS="T0001,E0002")
+    checks = checks_for(listed)
+    assert checks["installs"].status is Status.OK
+    assert "T0001, E0002" in checks["installs"].summary
+    # A single workspace's bot token: nothing to say.
+    assert "installs" not in checks_for(env_for(good_ams, good_slack, migrated))
+
+
 def test_community_edition_fails_loudly(monkeypatch, good_slack, migrated):
     with AmsDouble(stream_secret=STREAM_SECRET, edition=COMMUNITY_EDITION, settings=LOCKED) as ams:
         result = doctor_cli(monkeypatch, env_for(ams, good_slack, migrated))

@@ -7,7 +7,15 @@ import threading
 import time
 
 from tests.conftest import ALICE, BOB, CAROL, DAVE, sender_for, wait_for
-from tests.helpers import CREATE, db_exec, db_rows, dm_links, response_texts, rooms_on_ams
+from tests.helpers import (
+    CREATE,
+    db_exec,
+    db_rows,
+    dm_links,
+    response_texts,
+    rooms_on_ams,
+    settled,
+)
 
 
 def opened(slack, key):
@@ -20,7 +28,7 @@ def test_a_429_storm_delays_but_neither_loses_nor_doubles(bot, sender, slack):
     r = sender.command(f"storm <@{BOB}> <@{CAROL}> <@{DAVE}>", user_id=ALICE)
     assert "Creating" in r.text  # the ack never waits for Slack's Web API
     wait_for(lambda: all(dm_links(slack, u) for u in (ALICE, BOB, CAROL, DAVE)), timeout=40)
-    time.sleep(1)
+    settled(bot, timeout=40)
     assert [len(slack.dms_to(u)) for u in (ALICE, BOB, CAROL, DAVE)] == [1, 1, 1, 1]
     assert len(slack.messages("C1")) == 1
     wait_for(lambda: opened(slack, r.response_key), timeout=20)

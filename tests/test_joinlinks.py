@@ -25,8 +25,16 @@ import requests
 from cryptography.fernet import Fernet
 
 from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD
-from tests.conftest import ALICE, BOB, free_port, sender_for, wait_for
-from tests.helpers import db_dump, db_rows, dm_links, response_texts, token_of
+from tests.conftest import ALICE, BOB, CAROL, free_port, sender_for, wait_for
+from tests.helpers import (
+    BROWSER,
+    db_dump,
+    db_rows,
+    dm_links,
+    response_texts,
+    settled,
+    token_of,
+)
 
 JOIN_RE = re.compile(r"/join/([A-Za-z0-9_-]+)$")
 
@@ -52,8 +60,9 @@ def join_link(slack, user):
     return link
 
 
-def get(link):
-    return requests.get(link, allow_redirects=False, timeout=5)
+def get(link, headers=BROWSER):
+    """Follow a link the way a browser does on a click: one request, no redirects followed."""
+    return requests.get(link, headers=headers, allow_redirects=False, timeout=5)
 
 
 def settle():
@@ -73,7 +82,7 @@ def assert_private_headers(r):
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def assert_page(r, status, *phrases):
+def assert_page(r, status, *phrases, says_meet=True):
     """A small self-contained HTML page: inline CSS only, nothing fetched from elsewhere."""
     assert r.status_code == status, r.text
     assert r.headers["Content-Type"].startswith("text/html")
@@ -82,7 +91,7 @@ def assert_page(r, status, *phrases):
     html = r.text
     assert "<style>" in html and "<script" not in html
     assert not re.search(r"""(?:src|href)=["']?(?!data:)[a-z]+:""", html), "external resource"
-    assert "/meet" in html
+    assert ("/meet" in html) == says_meet
     for phrase in phrases:
         assert phrase in html, phrase
     return html
@@ -133,6 +142,102 @@ def test_dm_carries_an_opaque_link_that_redirects_to_a_fresh_circle_link(start_b
     wait_for(lambda: db_rows(url, "rooms")[0]["state"] == "revoked")
     assert_page(get(links[BOB]), 410, "This meeting has ended", "/meet")
     settle()
+
+
+# A browser without Sec-Fetch-* (Safari before 16.4): still a click.
+OLD_SAFARI = {
+    "User-Agent": (
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/15.6 Safari/605.1.15"
+    ),
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+}
+PREVIEWERS = {
+    # Slack unfurling a link someone pasted, with a browser's Accept.
+    "slack": {
+        **OLD_SAFARI,
+        "User-Agent": "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    },
+    "facebook": {**OLD_SAFARI, "User-Agent": "facebookexternalhit/1.1"},
+    "imessage": {
+        **OLD_SAFARI,
+        "User-Agent": "Mozilla/5.0 (compatible; facebookexternalhit/1.1; Facebot Twitterbot/1.0)",
+    },
+    "twitter": {**OLD_SAFARI, "User-Agent": "Twitterbot/1.0"},
+    "teams": {**OLD_SAFARI, "User-Agent": "Mozilla/5.0 SkypeUriPreview Preview/0.5"},
+    # A script or a mail scanner: no browser headers at all.
+    "script": {},
+    "curl": {"User-Agent": "curl/8.5.0", "Accept": "*/*"},
+    # A browser, but not a click: an <img>, a fetch(), a frame, a speculative prerender.
+    "image": {**BROWSER, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+    "fetch": {**BROWSER, "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+    "frame": {**BROWSER, "Sec-Fetch-Dest": "iframe"},
+    "prerender": {**BROWSER, "Sec-Purpose": "prefetch;prerender"},
+    "firefox prefetch": {**OLD_SAFARI, "X-Moz": "prefetch"},
+}
+
+
+def joins(bot):
+    return [a for a in db_rows(bot.env["DATABASE_URL"], "audit") if a["action"] == "join"]
+
+
+def test_previews_prefetches_and_head_mint_nothing(start_bot, slack, ams):
+    """Only a person's click mints a token and is audited as a join."""
+    bot = start_public(start_bot)
+    room_id = open_room(bot, slack)
+    link = join_link(slack, BOB)
+    link_id = JOIN_RE.search(link).group(1)
+
+    head = requests.head(link, headers=BROWSER, allow_redirects=False, timeout=5)
+    assert head.status_code == 200 and "Location" not in head.headers
+    assert_private_headers(head)
+    for name, headers in PREVIEWERS.items():
+        r = get(link, headers)
+        assert "Location" not in r.headers, name
+        html = assert_page(r, 200, "Your meeting link", "Open the meeting", says_meet=False)
+        assert "token=" not in html and "eyJ" not in html, name
+        # Its one link is this same link, relative: a click on it is a navigation.
+        assert re.findall(r'href="([^"]*)"', html) == ["data:,", link_id], name
+    assert joins(bot) == []
+    assert "join link used" not in bot.log()
+
+    for name, headers in (("chrome", BROWSER), ("safari 15", OLD_SAFARI)):
+        r = get(link, headers)
+        assert r.status_code == 302, (name, r.text)
+        assert ams.check_join(room_id, token_of(r.headers["Location"]))[0], name
+    assert [(a["actor"], a["room_id"]) for a in joins(bot)] == [(BOB, room_id)] * 2
+    settle()
+
+
+def test_the_channel_card_carries_no_link_in_any_version(start_bot, slack, ams):
+    """Opened, someone's Get my link, extended, ended: the card never holds a link."""
+    bot = start_public(start_bot)
+    room_id = open_room(bot, slack)
+    sender = sender_for(bot, slack)
+    click = sender.block_action("meet_get_link", room_id, user_id=CAROL)
+    slack.wait_for_responses(click.response_key)
+    r = sender.command(f"extend {room_id} for 15m", user_id=ALICE)
+    slack.wait_for_responses(r.response_key)
+    r = sender.command(f"end {room_id}", user_id=ALICE)
+    slack.wait_for_responses(r.response_key)
+    settled(bot)
+
+    to_channel = [
+        c.args
+        for method in ("chat.postMessage", "chat.update")
+        for c in slack.calls_to(method)
+        if c.args.get("channel") == "C1"
+    ]
+    assert len(to_channel) >= 3  # the card, its extension, its end
+    for args in to_channel:
+        text = json.dumps(args)
+        for leak in ("/join/", "token=", "eyJ", "http://", "https://", ams.url):
+            assert leak not in text, (leak, args)
+        assert all(
+            el.get("type") != "button" or "url" not in el
+            for block in args.get("blocks") or []
+            for el in block.get("elements") or []
+        )
 
 
 def test_the_link_survives_a_stream_secret_rotation(start_bot, slack, ams):
@@ -273,4 +378,17 @@ def test_the_ended_page_renders_in_chromium(start_bot, slack, ams, tmp_path):
     assert "This meeting has ended" in dom.stdout
     assert "/meet" in dom.stdout and "new room" in dom.stdout
 
+    settle()
+
+
+def test_a_real_browser_opening_the_link_is_a_click(start_bot, slack, ams, tmp_path):
+    """Headless Chromium's own navigation headers pass the rule: it is sent on to Circle."""
+    bot = start_public(start_bot)
+    room_id = open_room(bot, slack)
+    run = chromium(tmp_path, "--dump-dom", join_link(slack, BOB))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Your meeting link" not in run.stdout
+    assert [(a["actor"], a["room_id"]) for a in joins(bot)] == [(BOB, room_id)]
+    circle = [r for r in ams.requests if r.path == f"/Conference/{room_id}"]
+    assert circle and ams.check_join(room_id, circle[0].query["token"][0])[0]
     settle()

@@ -12,7 +12,6 @@ database hold afterwards: a refused request leaves nothing anywhere.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -24,7 +23,15 @@ from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble, SlackSender
 from bot.web.app import MAX_BODY_BYTES
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM, BotProcess, bot_env, sender_for, wait_for
-from tests.helpers import creates, db_rows, dm_links, response_texts, rooms_on_ams, token_of
+from tests.helpers import (
+    creates,
+    db_rows,
+    dm_links,
+    response_texts,
+    rooms_on_ams,
+    settled,
+    token_of,
+)
 
 OPENED = "is open until"
 GUEST_CANNOT_OPEN = "can't open rooms"
@@ -139,7 +146,7 @@ def test_a_third_open_room_is_refused_and_nothing_reaches_ams(limited, sender, s
 
     text = refused(sender, slack, f"three <@{carol}>", alice)
     assert "You already have 2 open rooms" in text and "/meet end" in text
-    time.sleep(0.3)
+    settled(limited)
     assert creates(ams) == made and len(rooms_on_ams(ams)) == on_ams
     assert rooms_of(limited, alice) == [first, second]  # not even a failed row
     assert not posts_to(slack, carol) and grants_of(limited, carol) == []
@@ -164,7 +171,7 @@ def test_51_invitees_are_refused_in_the_ack_and_nothing_is_created(
     assert r.status_code == 200
     assert "At most 50 people per room (you mentioned 51)" in r.text
     assert "Get my link" in r.text  # and what to do instead
-    time.sleep(0.5)
+    settled(limited)
     assert creates(ams) == made and rooms_of(limited, alice) == []
     assert slack.responses[r.response_key] == []  # nothing after the ack either
     assert not posts_to(slack, alice, *invitees)
@@ -203,7 +210,7 @@ def test_a_body_over_1_mib_is_413_and_never_parsed(limited, sender, slack, ams, 
     except requests.ConnectionError as e:
         pytest.fail(f"the bot hung up without answering 413: {e}")
     assert r.status_code == 413
-    time.sleep(0.3)
+    settled(limited)
     assert creates(ams) == made and rooms_of(limited, alice) == []
     assert not posts_to(slack, alice)
     log = limited.log()[log_size:]
@@ -222,7 +229,7 @@ def test_a_guest_cannot_open_a_room(limited, sender, slack, ams, people, guest):
     made = creates(ams)
     text = refused(sender, slack, f"sync <@{bob}>", guest)
     assert GUEST_CANNOT_OPEN in text and "invite you" in text
-    time.sleep(0.3)
+    settled(limited)
     assert creates(ams) == made and rooms_of(limited, guest) == []
     assert not posts_to(slack, bob, guest)
 
@@ -243,7 +250,7 @@ def test_an_invited_guest_gets_a_working_link_and_no_other(
     assert r.status_code == 200
     (reply,) = slack.wait_for_responses(r.response_key)
     assert GUEST_NOT_INVITED in reply["text"]
-    time.sleep(0.3)
+    settled(limited)
     assert len(posts_to(slack, guest)) == 1  # still only the invitation
     assert grants_of(limited, guest) == [invited]
     assert not ams.check_join(other, token_of(link))[0]  # one room's link opens no other
@@ -273,7 +280,7 @@ def test_get_my_link_still_refuses_a_guest_when_slack_cannot_say_who_they_are(
     try:
         r = sender.block_action("meet_get_link", room, user_id=guest)
         slack.wait_for_responses(r.response_key)
-        time.sleep(0.5)
+        settled(limited)
     finally:
         slack.clear_faults()
     assert not posts_to(slack, guest)

@@ -34,6 +34,7 @@ from tests.helpers import (
     dm_links,
     response_texts,
     rooms_on_ams,
+    settled,
     token_of,
 )
 
@@ -71,7 +72,7 @@ def test_bad_input_gets_a_usage_error_and_creates_nothing(bot, sender, ams, text
     r = sender.command(text, user_id=ALICE)
     assert r.status_code == 200
     assert expected in r.text
-    time.sleep(0.3)
+    settled(bot)
     assert creates(ams) == 0
     assert db_rows(bot.env["DATABASE_URL"], "rooms") == []
 
@@ -100,7 +101,7 @@ def test_long_topic_is_truncated_and_control_characters_dropped(bot, sender, sla
 def test_a_5000_character_topic_is_refused_clearly(bot, sender, ams):
     r = sender.command("x" * 5000, user_id=ALICE)
     assert "too long" in r.text.lower() or "at most" in r.text.lower(), r.text
-    time.sleep(0.3)
+    settled(bot)
     assert creates(ams) == 0
 
 
@@ -200,7 +201,7 @@ def test_bad_or_stale_signature_is_refused_and_does_nothing(bot, sender, ams, sl
     else:
         r = sender.command(f"sync <@{BOB}>", user_id=ALICE, timestamp=int(time.time()) - 400)
     assert r.status_code == 401
-    time.sleep(0.5)
+    settled(bot)
     assert creates(ams) == 0 and not slack.dms_to(BOB)
 
 
@@ -209,11 +210,19 @@ def test_get_my_link_double_click_sends_one_dm(bot, sender, slack, ams):
     open_room(sender, slack, f"sync <@{BOB}>")
     room = only_room(bot.env["DATABASE_URL"])
     wait_for(lambda: slack.messages("C1"))
+    clicks = []
     for _ in range(2):
         resp = sender.block_action("meet_get_link", room["id"], user_id=CAROL)
         assert resp.status_code == 200
-    wait_for(lambda: dm_links(slack, CAROL))
-    time.sleep(0.5)
+        clicks.append(resp.response_key)
+    # Each click is answered once it is done; then whatever DMs it owed have gone out.
+    replies = sorted(slack.wait_for_responses(key)[0]["text"] for key in clicks)
+    settled(bot)
+    assert len(slack.dms_to(CAROL)) == 1
+    assert replies == [
+        "I've sent your personal link to you by DM.",
+        "Your link is in your DMs with me.",
+    ]
     (link,) = dm_links(slack, CAROL)
     claims = jwt.decode(token_of(link), STREAM_SECRET, algorithms=["HS256"])
     assert claims["sub"] == CAROL and claims["streamId"] == room["id"]
@@ -342,12 +351,16 @@ def test_owner_dm_extend_button(bot, sender, slack):
     open_room(sender, slack, f"sync <@{BOB}> for 30m")
     room = only_room(url)
     value = f"{room['id']}|{room['expires_at']}"  # what the owner's DM button carries
+    clicks = []
     for _ in range(2):  # a double click extends once
         r = sender.block_action("meet_extend", value, user_id=ALICE, channel_id="D" + ALICE)
         assert r.status_code == 200
-    wait_for(lambda: only_room(url)["expires_at"] == room["expires_at"] + 1800)
-    time.sleep(1)
+        clicks.append(r.response_key)
+    replies = [slack.wait_for_responses(key)[0]["text"] for key in clicks]  # both done
+    settled(bot)
     assert only_room(url)["expires_at"] == room["expires_at"] + 1800
+    assert sum("already extended" in text for text in replies) == 1, replies
+    assert len([a for a in db_rows(url, "audit") if a["action"] == "extend"]) == 1
 
 
 # -- secrets stay secret --------------------------------------------------------------------

@@ -12,7 +12,15 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ALICE, BOB, sender_for, wait_for
-from tests.helpers import db_exec, db_rows, dm_links, response_texts, rooms_on_ams
+from tests.helpers import (
+    db_exec,
+    db_rows,
+    dm_links,
+    response_texts,
+    rooms_on_ams,
+    settled,
+    sweep_more,
+)
 
 DELETE_RE = re.compile(r"^/Conference/rest/v2/broadcasts/([A-Za-z0-9_.-]+)$")
 
@@ -69,7 +77,8 @@ def test_three_replicas_revoke_each_room_once(start_bot, postgres_url, slack, am
 
     # Poll gently: each look copies every recorded call under the double's lock.
     wait_for(lambda: len(updates()) == 3 * n, timeout=60, interval=1.0)
-    time.sleep(2.5)  # more sweeps on every replica: still nothing twice
+    sweep_more(*replicas, n=2)  # more sweeps on every replica: still nothing twice
+    settled(postgres_url)
     assert set(updates().values()) == {1}
     assert rooms_on_ams(ams) == []
     per_room = deletes_per_room(ams)

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from bot.sim.slack import SlackSender
 from bot.slack.workspaces import BOT_SCOPES
 from tests.conftest import ALICE, BOB, SIGNING_SECRET, wait_for
-from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams
+from tests.helpers import db_rows, dm_links, response_texts, rooms_on_ams, settled
 
 CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret-abc"
 T1, T2 = "T0001", "T0002"
@@ -37,9 +37,10 @@ def install(bot, slack, team_id):
     )
 
 
-def oauth_bot(start_bot, slack):
+def oauth_bot(start_bot, slack, **extra):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
-    slack.add_workspace(T2)
+    if not any(w["team_id"] == T2 for w in slack.workspaces.values()):
+        slack.add_workspace(T2)
     slack.add_user(ERIN, "erin")
     slack.add_user(FRED, "fred")
     return start_bot(
@@ -47,7 +48,12 @@ def oauth_bot(start_bot, slack):
         SLACK_CLIENT_ID=CLIENT_ID,
         SLACK_CLIENT_SECRET=CLIENT_SECRET,
         MEETBOT_SECRET_KEY=SECRET_KEY,
+        **extra,
     )
+
+
+def token_of_team(slack, team_id):
+    return next(t for t, w in slack.workspaces.items() if w["team_id"] == team_id)
 
 
 def test_install_two_workspaces_and_keep_them_apart(start_bot, slack, ams):
@@ -202,3 +208,121 @@ def test_enterprise_grid_org_install_is_keyed_by_the_enterprise(start_bot, slack
     assert (room["team_id"], room["enterprise_id"]) == ("T0003", "E0001")
     assert {c.team_id for c in slack.calls_to("chat.postMessage")} == {"T0003"}
     assert r.status_code == 200
+
+
+# -- MEETBOT_ALLOWED_TEAMS ---------------------------------------------------------------
+def not_served(bot, slack, ams, sender, user):
+    """A /meet from ``sender``'s workspace is refused by Bolt before any listener runs."""
+    posts = len(slack.calls_to("chat.postMessage"))
+    r = sender.command(f"plans <@{user}>", user_id=user)
+    assert r.status_code == 200
+    # The listener acks "Creating your room…" and hands the work over; Bolt's
+    # authorization answered instead (by response_url), so nothing was handed over.
+    assert "Creating your room" not in r.text
+    (reply,) = slack.wait_for_responses(r.response_key)
+    assert "installation with this app is no longer available" in reply["text"]
+    assert db_rows(bot.env["DATABASE_URL"], "rooms") == []
+    assert rooms_on_ams(ams) == [] and len(slack.calls_to("chat.postMessage")) == posts
+    return r
+
+
+def test_an_install_into_a_workspace_not_on_the_list_is_refused(start_bot, slack, ams):
+    bot = oauth_bot(start_bot, slack, MEETBOT_ALLOWED_TEAMS=f"{T1}, E0009")
+    url = bot.env["DATABASE_URL"]
+    assert install(bot, slack, T1).status_code == 200
+
+    refused = install(bot, slack, T2)
+    assert refused.status_code == 403
+    assert "not available for this workspace" in refused.text
+    assert T2 in refused.text and "MEETBOT_ALLOWED_TEAMS" in refused.text
+    # Nothing of it is stored, and the token Slack issued for it no longer works.
+    assert {r["team_id"] for r in db_rows(url, "slack_installations")} == {T1}
+    assert {r["team_id"] for r in db_rows(url, "slack_bots")} == {T1}
+    assert token_of_team(slack, T2) in slack.revoked
+    assert token_of_team(slack, T1) not in slack.revoked
+    assert "refused an install into workspace 'T0002'" in bot.log()
+
+    # Its requests are not served; the allowed workspace's are.
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    not_served(bot, slack, ams, two, ERIN)
+    one = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T1, double=slack)
+    r = one.command(f"plans <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    assert [room["team_id"] for room in db_rows(url, "rooms")] == [T1]
+
+
+def test_a_workspace_taken_off_the_list_is_no_longer_served(start_bot, slack, ams):
+    """Installed before the list said otherwise: its stored install is never used."""
+    bot = oauth_bot(start_bot, slack)
+    for team in (T1, T2):
+        assert install(bot, slack, team).status_code == 200
+    assert bot.terminate() == 0
+    bot = oauth_bot(start_bot, slack, MEETBOT_ALLOWED_TEAMS=T1)  # the same database
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    not_served(bot, slack, ams, two, ERIN)
+    one = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T1, double=slack)
+    r = one.command(f"plans <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+
+
+def test_an_org_wide_install_needs_its_org_on_the_list(start_bot, slack, ams):
+    slack.add_workspace("T0003", enterprise_id="E0001")
+    bot = oauth_bot(start_bot, slack, MEETBOT_ALLOWED_TEAMS="T0003")
+    page = requests.get(bot.url + "/slack/install", timeout=5)
+    state = re.search(r"state=([\w-]+)", page.text).group(1)
+    code = slack.issue_oauth_code("T0003", is_enterprise_install=True)
+    done = requests.get(
+        bot.url + "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"Cookie": page.headers["Set-Cookie"].split(";", 1)[0]},
+        timeout=10,
+    )
+    assert done.status_code == 403 and "E0001" in done.text
+    assert db_rows(bot.env["DATABASE_URL"], "slack_installations") == []
+
+
+# -- tokens_revoked ----------------------------------------------------------------------------
+def test_tokens_revoked_uninstalls_only_when_the_bot_token_goes(start_bot, slack, ams):
+    """A person revoking their own (user) token leaves the workspace's rooms alone."""
+    from slack_bolt.request import BoltRequest
+
+    from bot.config import load_settings
+    from bot.services import Services
+
+    bot = oauth_bot(start_bot, slack)
+    url = bot.env["DATABASE_URL"]
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command(f"retro <@{FRED}>", user_id=ERIN)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    settled(bot)
+    env = dict(bot.env)
+    assert bot.terminate() == 0
+
+    def deliver(tokens: dict) -> None:
+        """The event as Slack sends it, to the bot's listeners in this process; stop()
+        returns once the work they handed on is done, so what follows is final."""
+        services = Services(load_settings(env))
+        try:
+            app = services.bolt_app()
+            body = {
+                "type": "event_callback",
+                "team_id": T2,
+                "api_app_id": "A0001",
+                "event_id": f"Ev{len(tokens)}{sorted(tokens)}",
+                "event_time": 1700000000,
+                "event": {"type": "tokens_revoked", "tokens": tokens},
+            }
+            assert app.dispatch(BoltRequest(body=body, mode="socket_mode")).status == 200
+        finally:
+            services.stop()
+
+    deliver({"oauth": [ERIN]})  # Erin revoked her own sign-in: the bot keeps working
+    assert {r["team_id"] for r in db_rows(url, "slack_installations")} == {T2}
+    assert [room["state"] for room in db_rows(url, "rooms")] == ["active"]
+    assert len(rooms_on_ams(ams)) == 1
+
+    deliver({"oauth": [], "bot": ["UMEETBOT"]})  # the bot's token: the app is gone
+    assert db_rows(url, "slack_installations") == [] and db_rows(url, "slack_bots") == []
+    assert [room["state"] for room in db_rows(url, "rooms")] == ["revoked"]
+    assert rooms_on_ams(ams) == []

@@ -138,6 +138,8 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in the order an operator fixes things. Never raises for a finding."""
     out: list[Check] = [_config_check(settings)]
+    if settings.oauth_enabled:
+        out.append(_installs_check(settings))
     db_check, current_secrets = _database_checks(settings, timeout)
     out.append(db_check)
     out.extend(_slack_checks(settings, manifest, timeout))
@@ -172,6 +174,29 @@ def _config_check(settings: Settings) -> Check:
             details=details,
         )
     return Check("config", "Configuration", Status.OK, f"loaded: {mode}, {db}", details=details)
+
+
+def _installs_check(settings: Settings) -> Check:
+    """Multi-workspace OAuth: which workspaces may install the app."""
+    title = "Who may install"
+    if not settings.allowed_teams:
+        return Check(
+            "installs",
+            title,
+            Status.WARN,
+            "any Slack workspace can install this app (MEETBOT_ALLOWED_TEAMS is empty)",
+            fix=(
+                "Anyone who finds /slack/install can add the bot to their workspace and open "
+                "rooms on your AMS. Set MEETBOT_ALLOWED_TEAMS to the team ids (T…) and "
+                "Enterprise Grid org ids (E…) that may, separated by commas."
+            ),
+        )
+    return Check(
+        "installs",
+        title,
+        Status.OK,
+        "only " + ", ".join(settings.allowed_teams) + " (MEETBOT_ALLOWED_TEAMS)",
+    )
 
 
 # --------------------------------------------------------------------------- database

@@ -72,6 +72,7 @@ DEFAULT_SCOPES: tuple[str, ...] = (
 _METHODS = frozenset(
     {
         "auth.test",
+        "auth.revoke",
         "chat.postMessage",
         "chat.update",
         "chat.postEphemeral",
@@ -236,7 +237,12 @@ def _json_reply(
     status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> _Reply:
     error = None if payload.get("ok") else str(payload.get("error", "unknown"))
-    return _Reply(status, json.dumps(payload).encode(), headers=dict(headers or {}), error=error)
+    # Slack's Web API escapes every "/" in its JSON ("https:\/\/…"), as PHP's
+    # json_encode does by default; clients decode it, but a library that logs the
+    # raw body (slack_sdk at DEBUG) shows it that way. "/" occurs only inside
+    # JSON strings, where "\/" is a valid escape of it.
+    body = json.dumps(payload).replace("/", "\\/")
+    return _Reply(status, body.encode(), headers=dict(headers or {}), error=error)
 
 
 # ---------------------------------------------------------------------------
@@ -513,6 +519,8 @@ class SlackDouble:
         }
         self.oauth_client: tuple[str, str] | None = None
         self._oauth_codes: dict[str, dict[str, Any]] = {}
+        #: Tokens revoked with auth.revoke: Slack refuses them from then on.
+        self.revoked: set[str] = set()
         #: Sign in with Slack: who "the browser" is signed in as, and issued codes.
         self.openid_user: str | None = None
         self.openid_approve = True
@@ -1066,6 +1074,8 @@ class SlackDouble:
             return _json_reply(200, {"ok": False, "error": "not_authed"})
         if token not in self.tokens and token not in self.workspaces:
             return _json_reply(200, {"ok": False, "error": "invalid_auth"})
+        if token in self.revoked:
+            return _json_reply(200, {"ok": False, "error": "token_revoked"})
         self._token = token
         if self.calls and self.calls[-1].method == method and self.calls[-1].team_id is None:
             self.calls[-1].team_id = (self.workspaces.get(token) or {}).get("team_id")
@@ -1409,6 +1419,13 @@ class SlackDouble:
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
+
+    def _m_auth_revoke(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The calling token stops working; ``test=true`` only says it would."""
+        if str(args.get("test", "")).lower() in ("1", "true"):
+            return {"revoked": False}
+        self.revoked.add(self._token)
+        return {"revoked": True}
 
     def _m_team_info(self, args: dict[str, Any]) -> dict[str, Any]:
         return {

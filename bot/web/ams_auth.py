@@ -99,10 +99,10 @@ class AmsAuth:
         try:
             ok, reason = authorize(self.store, self.secrets, stream_id, token)
         except Exception as e:  # database down, no current secret: refuse, say why in the log
-            log.error("auth webhook could not decide for room %s: %s", stream_id, type(e).__name__)
+            log.error("auth webhook could not decide for room %r: %s", stream_id, type(e).__name__)
             return json_response(start_response, "503 Service Unavailable", {"allowed": False})
         if ok:
-            log.debug("auth webhook: %s in room %s (%s)", reason, stream_id, mode)
+            log.debug("auth webhook: %s in room %r (%r)", reason, stream_id, mode)
             return json_response(start_response, "200 OK", {"allowed": True})
-        log.info("auth webhook refused %s in room %s: %s", mode, stream_id, reason)
+        log.info("auth webhook refused %r in room %r: %s", mode, stream_id, reason)
         return json_response(start_response, "403 Forbidden", {"allowed": False})

@@ -209,7 +209,7 @@ class CallSignIn:
             return page(start_response, "signin_failed")
         code = params.get("code") or ""
         if params.get("error") or not code:
-            log.info("call join for room %s: sign-in cancelled (%s)", room_id, params.get("error"))
+            log.info("call join for room %s: sign-in cancelled (%r)", room_id, params.get("error"))
             return page(start_response, "signin_failed")
         try:
             user_id, team_id = self._identify(code, nonce)

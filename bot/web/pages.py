@@ -72,6 +72,18 @@ PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
             "start a new room with <code>/meet</code> and invite you.",
         ],
     ),
+    "open": (
+        "200 OK",
+        "&#127909;",
+        "Your meeting link",
+        "",
+        [
+            "This is a personal link to a meeting. It opens the meeting when you click "
+            "it in your browser; link previews and scanners are shown this page instead.",
+            '<a href="{href}">Open the meeting</a>. If it brings you back here, '
+            "open the link in Chrome, Firefox, Safari or Edge.",
+        ],
+    ),
     "unknown": (
         "404 Not Found",
         "&#128279;",
@@ -133,9 +145,10 @@ PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
 }
 
 
-def render_page(name: str) -> tuple[str, bytes]:
+def render_page(name: str, href: str = "") -> tuple[str, bytes]:
     """``(status, html)`` of one self-contained page: inline CSS, no scripts, no fetches."""
     status, icon, title, css_class, paragraphs = PAGES[name]
+    paragraphs = [p.replace("{href}", escape(href)) for p in paragraphs]
     body = "\n".join(
         f'<p class="how">{p}</p>' if i == len(paragraphs) - 1 else f"<p>{p}</p>"
         for i, p in enumerate(paragraphs)
@@ -164,8 +177,8 @@ def render_page(name: str) -> tuple[str, bytes]:
     return status, doc.encode("utf-8")
 
 
-def page(start_response: Callable[..., Any], name: str) -> list[bytes]:
-    status, data = render_page(name)
+def page(start_response: Callable[..., Any], name: str, href: str = "") -> list[bytes]:
+    status, data = render_page(name, href)
     start_response(
         status,
         [

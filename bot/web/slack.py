@@ -22,7 +22,6 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 from slack_bolt.context import BoltContext
-from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_bolt.request import BoltRequest
 from slack_bolt.request.internals import build_context
@@ -33,7 +32,7 @@ from slack_sdk.signature import SignatureVerifier
 from bot.config import Settings
 from bot.logs import correlation_id, with_correlation
 from bot.slack.gateway import acting_for
-from bot.slack.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, Workspaces
+from bot.slack.workspaces import BOT_SCOPES, ROTATE_BEFORE_MIN, GuardedOAuthFlow, Workspaces
 from bot.web.responses import json_response
 
 __all__ = ["SLACK_PREFIX", "CorrelatedApp", "SlackRoute", "build_bolt_app"]
@@ -76,7 +75,8 @@ def build_bolt_app(
     if s.oauth_enabled:
         # Multi-workspace: Bolt's install flow at /slack/install and
         # /slack/oauth_redirect (state checked), installations in our database.
-        oauth["oauth_flow"] = OAuthFlow(
+        oauth["oauth_flow"] = GuardedOAuthFlow(
+            allowed=workspaces.allowed,
             client=WebClient(base_url=s.slack_api_url, timeout=10),
             settings=OAuthSettings(
                 client_id=s.slack_client_id,
