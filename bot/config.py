@@ -91,6 +91,9 @@ class Settings:
     outbox_lease: int = 30
     #: How often one replica compares AMS's rooms with the database.
     reconcile_interval: int = 300
+    #: Slack's workspace-wide cap on chat.postMessage as (posts, per seconds): the
+    #: outbox never asks for more, on all replicas together (bot/slack/pacing.py).
+    slack_post_cap: tuple[int, int] = (600, 60)
     #: OAuth installs: the Slack team (T…) and Enterprise Grid org (E…) ids that
     #: may install the app; empty means any workspace.
     allowed_teams: tuple[str, ...] = ()
@@ -344,6 +347,28 @@ def _allowed_teams(r: _Reader, *, oauth: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+def _post_cap(r: _Reader) -> tuple[int, int]:
+    """``MEETBOT_SLACK_POST_CAP``: ``<posts>/<duration>``, e.g. ``600/1m`` or ``60/10s``."""
+    name = "MEETBOT_SLACK_POST_CAP"
+    value = r.raw(name)
+    default = (600, 60)
+    if value is None:
+        return default
+    count, _, window = value.partition("/")
+    try:
+        posts = int(count.strip())
+        seconds = parse_duration(window.strip())
+    except ValueError:
+        posts, seconds = 0, 0
+    if not (0 < posts <= 100_000 and 0 < seconds <= 86_400):
+        r.problem(
+            f"{name} must be posts per duration, like 600/1m or 60/10s, not {_show(value)}",
+            name,
+        )
+        return default
+    return posts, seconds
+
+
 def _fernet_ok(key: str) -> bool:
     from cryptography.fernet import Fernet
 
@@ -502,6 +527,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "(people joining a Slack Call sign in with Slack to get their own link)"
         )
     allowed_teams = _allowed_teams(r, oauth=bool(client_id and client_secret and not bot_token))
+    slack_post_cap = _post_cap(r)
     log_format = r.choice("MEETBOT_LOG_FORMAT", "text", ("text", "json"), str.lower)
     log_level = r.choice("MEETBOT_LOG_LEVEL", "INFO", _LOG_LEVELS, str.upper)
 
@@ -543,6 +569,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         outbox_lease=outbox_lease,
         reconcile_interval=reconcile_interval,
         allowed_teams=allowed_teams,
+        slack_post_cap=slack_post_cap,
     )
 
 

@@ -48,6 +48,7 @@ from bot.schedules.ticker import Scheduler
 from bot.slack.calls import CALL_JOIN_PREFIX, SlackCalls
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker, worker_id
+from bot.slack.pacing import Pacer
 from bot.slack.workspaces import Workspaces
 from bot.store import Store
 from bot.vault import Vault
@@ -122,10 +123,12 @@ class Services:
             token_for=self.workspaces.token_for if s.oauth_enabled else None,
         )
         self.links = Links(s, self.store, self.secrets)
+        self.pacer = Pacer(self.store, cap=s.slack_post_cap)
         self.outbox = OutboxWorker(
             self.store,
             self.slack,
             self.links,
+            self.pacer,
             workers=s.fanout_workers,
             owner=self.owner,
             lease=s.outbox_lease,

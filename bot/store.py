@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -251,6 +252,30 @@ class Occurrence(Base):
         UniqueConstraint("schedule_id", "run_at", name="uq_occurrence_schedule_run"),
         Index("ix_occurrences_state", "state"),
     )
+
+
+class SlackPace(Base):
+    """One line of Slack's posting budget, the same for every replica (``bot.slack.pacing``).
+
+    ``key`` names what it paces:
+
+    * ``c:<team>:<channel>``, a channel: ``next_at`` is the first start not yet
+      reserved, ``floor_at`` the earliest any post may start (after the last one
+      ended, or a 429's Retry-After);
+    * ``w:<team>``, a workspace: ``seq`` counts the posts reserved so far and
+      ``floor_at`` holds a pause after a 429;
+    * ``w:<team>:<i>``, slot ``i`` of the workspace's ring of its last N starts
+      (``next_at``): post ``k`` may start only a window after post ``k - N`` did.
+
+    Unix seconds as floats: paces are a second apart.
+    """
+
+    __tablename__ = "slack_pace"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Double, default=0.0)
+    floor_at: Mapped[float] = mapped_column(Double, default=0.0)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class HomeViewer(Base):

@@ -6,8 +6,11 @@ import pytest
 
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker, Rendered
+from bot.slack.pacing import Pacer
 from bot.store import Outbox, OutboxState, Store, now
 from tests.conftest import BOB, BOT_TOKEN, CAROL
+
+CAP = (600, 60)  # Slack's workspace cap, far above what these tests send
 
 
 class Card:
@@ -29,7 +32,7 @@ def store(sqlite_url):
 @pytest.fixture
 def worker(store, slack):
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
-    w = OutboxWorker(store, gateway, Card(), workers=2, owner="w1", lease=1)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=2, owner="w1", lease=1)
     yield w
     w.stop()
 
@@ -103,7 +106,9 @@ def test_permanent_errors_fail_the_row_and_transient_ones_retry(store, worker, s
 
 def test_stop_hands_back_claimed_rows(store, slack):
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
-    w = OutboxWorker(store, gateway, Card(), workers=1, owner="w2", lease=600)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w2", lease=600
+    )
     add_row(store, BOB)
     store.claim_outbox("w2", at=now(), lease=600, limit=10)
     w.stop()
@@ -116,7 +121,16 @@ def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, s
 
     slack.per_channel_rate = 1.0  # one post per second per channel, 429 past it
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
-    w = OutboxWorker(store, gateway, Card(), workers=1, owner="w3", lease=30, poll_interval=0.2)
+    w = OutboxWorker(
+        store,
+        gateway,
+        Card(),
+        Pacer(store, cap=CAP),
+        workers=1,
+        owner="w3",
+        lease=30,
+        poll_interval=0.2,
+    )
     w.start()
     try:
         for _ in range(3):
@@ -157,7 +171,16 @@ def test_a_post_held_for_its_slot_is_rendered_once_when_it_goes(store, slack):
     slack.per_channel_rate = 1.0
     card = CountingCard()
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
-    w = OutboxWorker(store, gateway, card, workers=2, owner="w5", lease=30, poll_interval=0.2)
+    w = OutboxWorker(
+        store,
+        gateway,
+        card,
+        Pacer(store, cap=CAP),
+        workers=2,
+        owner="w5",
+        lease=30,
+        poll_interval=0.2,
+    )
     w.start()
     try:
         ids = [add_row(store, BOB) for _ in range(3)]

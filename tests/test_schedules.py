@@ -39,6 +39,7 @@ from bot.sim.ams import AmsDouble, ManualClock
 from bot.sim.slack import SlackDouble
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker
+from bot.slack.pacing import Pacer
 from bot.store import Audit, Occurrence, Room, RoomState, Store
 from tests.conftest import (
     ADMIN,
@@ -70,12 +71,6 @@ class Replica:
     ams: AmsClient
 
 
-@pytest.fixture(autouse=True)
-def _fast_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Slack's per-channel pace is the outbox's business, tested elsewhere.
-    monkeypatch.setattr("bot.slack.outbox.CHANNEL_GAP_S", 0.0)
-
-
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(local(MONDAY, 8))
@@ -104,7 +99,14 @@ def make_replica(
         gateway = SlackGateway(BOT_TOKEN, slack.api_url)
         secret = StaticSecret(STREAM_SECRET)
         links = Links(settings, store, secret)
-        outbox = OutboxWorker(store, gateway, links, workers=4, poll_interval=0.1)
+        outbox = OutboxWorker(
+            store,
+            gateway,
+            links,
+            Pacer(
+                store, cap=(600, 60), gap=0.0
+            ),  # the pace is tested elsewhere, workers=4, poll_interval=0.1
+        )
         rooms = Rooms(
             settings, store, client, gateway, secret, links, outbox, owner="rooms", clock=clock
         )

@@ -25,6 +25,7 @@ from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker
+from bot.slack.pacing import Pacer
 from bot.store import Audit, Grant, Outbox, Room, RoomState, Store
 from tests.conftest import BOT_TOKEN, STREAM_SECRET, TEAM
 
@@ -58,7 +59,9 @@ def rooms(sqlite_url: str, ams: AmsDouble, slack: SlackDouble) -> Iterator[Rooms
     client = AmsClient(ams.url, "Conference", timeout=(1.0, 2.0), retries=1, backoff=0.01)
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
     links = Links(settings, store, StaticSecret("x"))
-    outbox = OutboxWorker(store, gateway, links, workers=1)  # never started: rows stay
+    outbox = OutboxWorker(
+        store, gateway, links, Pacer(store, cap=(600, 60)), workers=1
+    )  # never started: rows stay
     r = Rooms(settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper")
     yield r
     r.close()

@@ -25,13 +25,13 @@ from typing import Any, Protocol
 
 from bot.logs import ContextThreadPoolExecutor, with_correlation
 from bot.slack.gateway import SLACK_TIMEOUT_S, SlackGateway, SlackSendError, acting_for
+from bot.slack.pacing import Pacer, Slot
 from bot.store import Outbox, OutboxState, Store, now
 
 log = logging.getLogger("meetbot.outbox")
 
 LEASE_S = 30
 MAX_ATTEMPTS = 8
-CHANNEL_GAP_S = 1.01  # Slack: about one message per second per channel
 MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held (below)
 INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
 SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
@@ -71,6 +71,7 @@ class OutboxWorker:
         store: Store,
         slack: SlackGateway,
         renderer: Renderer,
+        pacer: Pacer,
         *,
         workers: int = 8,
         poll_interval: float = 1.0,
@@ -79,10 +80,12 @@ class OutboxWorker:
         on_result: Callable[[str, str], None] | None = None,
     ) -> None:
         """``renderer`` turns a row into the message to send (``bot.rooms.links.Links``);
-        ``on_result(kind, outcome)`` counts sends (metrics)."""
+        ``pacer`` spaces new posts as Slack's caps require, with every replica
+        (``bot.slack.pacing``); ``on_result(kind, outcome)`` counts sends (metrics)."""
         self.store = store
         self.slack = slack
         self.renderer = renderer
+        self.pacer = pacer
         self.owner = owner or worker_id()
         self.poll_interval = poll_interval
         self.lease = lease
@@ -92,12 +95,9 @@ class OutboxWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_ok: dict[str, float] = {}  # channel -> next slot free to reserve
-        self._send_floor: dict[str, float] = {}  # channel -> earliest start of its next post
-        self._quickest: float | None = None  # the shortest chat.postMessage round trip seen
-        self._pace_lock = threading.Lock()
-        # Paced posts waiting for their slot, off the worker threads: (due, row id, row).
-        self._held: list[tuple[float, int, Outbox]] = []
+        # Paced posts waiting for their slot, off the worker threads:
+        # (due, row id, row, its reserved slot).
+        self._held: list[tuple[float, int, Outbox, Slot]] = []
         self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
         self._watch_lock = threading.Lock()
@@ -154,10 +154,10 @@ class OutboxWorker:
                 return self.poll_interval
             return max(0.0, min(self.poll_interval, self._held[0][0] - time.monotonic()))
 
-    def _hold(self, row: Outbox, due: float) -> None:
+    def _hold(self, row: Outbox, due: float, slot: Slot) -> None:
         """Keep a paced post (still leased to us) in memory until ``due`` (monotonic)."""
         with self._held_lock:
-            heapq.heappush(self._held, (due, row.id, row))
+            heapq.heappush(self._held, (due, row.id, row, slot))
         self._wake.set()
 
     def _release_held(self) -> bool:
@@ -171,8 +171,8 @@ class OutboxWorker:
                     return False
                 if not self._slots.acquire(blocking=False):
                     return True
-                _, _, row = heapq.heappop(self._held)
-            self._pool.submit(self._send_and_release, row, True)
+                _, _, row, slot = heapq.heappop(self._held)
+            self._pool.submit(self._send_and_release, row, slot)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -195,7 +195,7 @@ class OutboxWorker:
             self._wake.set()  # more may be waiting
         return len(rows)
 
-    def _send_and_release(self, row: Outbox, held: bool = False) -> None:
+    def _send_and_release(self, row: Outbox, held: Slot | None = None) -> None:
         try:
             self.send(row, held=held, may_hold=True)
         except Exception:
@@ -205,12 +205,12 @@ class OutboxWorker:
             self._wake.set()
 
     # -- one row ---------------------------------------------------------
-    def send(self, row: Outbox, *, held: bool = False, may_hold: bool = False) -> None:
+    def send(self, row: Outbox, *, held: Slot | None = None, may_hold: bool = False) -> None:
         """Render and send one claimed row now (or at its channel's paced slot).
 
         ``may_hold``: a paced post may wait for its slot in memory (the worker's
-        loop sends it then) instead of on this thread. ``held``: it did, and its
-        slot is reserved.
+        loop sends it then) instead of on this thread. ``held``: it did, and this
+        is the slot it reserved.
         """
         try:
             cid = json.loads(row.payload or "{}").get("cid")
@@ -219,20 +219,21 @@ class OutboxWorker:
         with acting_for(row.team_id, row.enterprise_id), with_correlation(cid):
             self._send(row, held=held, may_hold=may_hold)
 
-    def _send(self, row: Outbox, *, held: bool = False, may_hold: bool = False) -> None:
+    def _send(self, row: Outbox, *, held: Slot | None = None, may_hold: bool = False) -> None:
         # Slack's one-message-per-second-per-channel limit is for new posts;
         # edits (chat.update, Tier 3) are not paced per channel. A new post
         # waits for its channel's slot before it is rendered: rendering reads
         # the room and mints the link, and a post held for its slot would be
         # rendered twice (it is rendered when it goes, from the state then).
         new_post = row.kind in NEW_POST_KINDS
-        if new_post and not self._await_slot(row, held=held, may_hold=may_hold):
+        slot = self._await_slot(row, held=held, may_hold=may_hold) if new_post else None
+        if new_post and slot is None:
             return
         rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        if row.kind == "dm_link" and row.attempts > 1 and not held:
+        if row.kind == "dm_link" and row.attempts > 1 and held is None:
             # An earlier attempt may have been posted by a process that died
             # before recording it: look before sending again.
             try:
@@ -244,103 +245,61 @@ class OutboxWorker:
                 self._finish(row, OutboxState.DONE, channel=found[0], ts=found[1])
                 self._result(row.kind, "recovered")
                 return
-        if new_post and not self._await_start(row):
-            return
         try:
             if rendered.edit_ts:
                 channel, ts = self.slack.update(
                     row.channel, rendered.edit_ts, rendered.text, rendered.blocks
                 )
             else:
-                started = time.monotonic()
-                channel, ts = self.slack.post(
-                    row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
-                )
-                self._posted(row.channel, started, time.monotonic())
+                assert slot is not None
+                started = time.time()
+                try:
+                    channel, ts = self.slack.post(
+                        row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
+                    )
+                finally:
+                    self.pacer.posted(slot, started, time.time())
         except SlackSendError as e:
             self._failed(row, e)
             return
         self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
         self._result(row.kind, "sent")
 
-    def _await_slot(self, row: Outbox, *, held: bool, may_hold: bool) -> bool:
-        """Reserve the channel's next slot and wait for it; False if the row was put off.
+    def _await_slot(self, row: Outbox, *, held: Slot | None, may_hold: bool) -> Slot | None:
+        """Reserve the post's slot (``bot.slack.pacing``) and wait for it; None if put off.
 
         A slot further off than a short sleep is waited for in memory
         (``_hold``, the worker thread is freed) while the row's lease covers it;
-        beyond that the row goes back to the database until its slot. ``held``:
-        the row was held, and its slot has come.
+        beyond that nothing is reserved and the row goes back to the database
+        until then. ``held``: the row was held and its slot has come; it still
+        waits out a floor another post's end may have set meanwhile.
         """
-        if held:
-            return True
+        if held is not None:
+            wait = self.pacer.until_floor(held)
+            if wait > MAX_INLINE_WAIT_S:
+                self._retry_at(row, math.ceil(time.time() + wait), "paced")
+                return None
+            if wait > 0:
+                time.sleep(wait)
+            return held
         horizon = MAX_INLINE_WAIT_S
         if may_hold:
             horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
-        wait = self._pace(row.channel, horizon)
-        if wait > horizon:
+        slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
+        if slot is None:
             self._retry_at(row, math.ceil(time.time() + wait), "paced")
-            return False
+            return None
         if wait > INLINE_SLEEP_S and may_hold:
-            self._hold(row, time.monotonic() + wait)
-            return False
+            self._hold(row, time.monotonic() + wait, slot)
+            return None
         if wait > 0:
             time.sleep(wait)
-        return True
-
-    def _await_start(self, row: Outbox) -> bool:
-        """Right before the call: True to post now, False if the row was put off.
-
-        The reserved slot is when to start; this keeps two posts' actual starts a
-        full gap apart however late a thread woke up (or long it rendered) for
-        the first.
-        """
-        while (wait := self._start_post(row.channel)) > 0:
-            if wait > MAX_INLINE_WAIT_S:  # a 429 asked for longer
-                self._retry_at(row, math.ceil(time.time() + wait), "paced")
-                return False
-            time.sleep(wait)
-        return True
-
-    def _pace(self, channel: str, horizon: float = MAX_INLINE_WAIT_S) -> float:
-        """Reserve the channel's next send slot if it is within ``horizon`` seconds;
-        return how long to wait for it."""
-        with self._pace_lock:
-            t = time.monotonic()
-            slot = max(t, self._next_ok.get(channel, 0.0))
-            if slot - t <= horizon:
-                self._next_ok[channel] = slot + CHANNEL_GAP_S
-            return slot - t
-
-    def _posted(self, channel: str, started: float, ended: float) -> None:
-        """A post took longer than the quickest: Slack may have counted it late.
-
-        Where in a call Slack counts a post is unknown; at the latest it is when
-        the answer leaves. So the next post starts no earlier than a gap after
-        that, less the quickest round trip seen (the least it can take to be
-        counted): on time after a normal call, later after a slow one.
-        """
-        with self._pace_lock:
-            took = ended - started
-            self._quickest = took if self._quickest is None else min(self._quickest, took)
-            floor = ended + CHANNEL_GAP_S - self._quickest
-            if floor > self._send_floor.get(channel, 0.0):
-                self._send_floor[channel] = floor
-
-    def _start_post(self, channel: str) -> float:
-        """0 and the channel's post may start now (noted); else how long to wait."""
-        with self._pace_lock:
-            t = time.monotonic()
-            floor = self._send_floor.get(channel, 0.0)
-            if floor > t:
-                return floor - t
-            self._send_floor[channel] = t + CHANNEL_GAP_S
-            return 0.0
+        return slot
 
     def _failed(self, row: Outbox, e: SlackSendError) -> None:
         if e.retry_after is not None:
-            with self._pace_lock:
-                self._next_ok[row.channel] = time.monotonic() + e.retry_after
-                self._send_floor[row.channel] = time.monotonic() + e.retry_after
+            if row.kind in NEW_POST_KINDS:
+                self.pacer.pause(row.team_id, row.channel, e.retry_after)
             log.info(
                 "slack rate-limited %s to %s; retry in %ss", row.kind, row.channel, e.retry_after
             )

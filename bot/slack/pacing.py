@@ -1,0 +1,174 @@
+"""Slack's posting limits, kept once for every replica: when may the next post start?
+
+``chat.postMessage`` allows about one message a second per channel and a
+workspace-wide cap (``MEETBOT_SLACK_POST_CAP``, N posts in any window of W
+seconds); past either Slack answers 429 and the post is lost time. Several
+replicas post for one workspace, so the budget lives in the database
+(``slack_pace``, see ``bot.store.SlackPace``) and each post *reserves* its start
+in one short transaction before it is sent:
+
+* **the channel**: a start at least ``CHANNEL_GAP_S`` after the channel's
+  previous reserved start, and not before its ``floor_at`` (set when a post
+  ends, and by a 429's Retry-After);
+* **the workspace**: post number ``k`` starts at least W after post ``k - N``
+  did. The last N starts are kept in a ring of N rows; each post takes the next
+  slot. Posts ``k``, ``k + N``, ``k + 2N`` … are then W apart, so no window of
+  W holds more than N of them: bursts of N go out at once, as Slack allows,
+  and nothing waits longer than the cap requires.
+
+A start more than ``horizon`` seconds off is not reserved (the caller puts the
+post back in the outbox until then), so a slot is never held by a post that is
+not waiting for it.
+
+Where Slack counts a post within the call is not known; at the latest it is
+when the answer leaves. So when a post ends, the channel's floor moves to a gap
+after that, less the quickest round trip seen (the least a call can take to be
+counted): on time after a normal call, later after a slow one. A post that
+waited for its slot in memory checks that floor again just before it starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bot.leases import insert_ignore
+from bot.store import SlackPace, Store
+
+__all__ = ["CHANNEL_GAP_S", "Pacer", "Slot"]
+
+CHANNEL_GAP_S = 1.01  # Slack: about one message per second per channel
+#: Added to the workspace window: the calls' own jitter must not make Slack count
+#: a post just inside the window of the one N posts earlier.
+WINDOW_MARGIN_S = 0.1
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A reserved start (unix seconds) for one post to ``channel``."""
+
+    team: str
+    channel: str
+    start: float
+
+
+class Pacer:
+    """Reserves post starts under Slack's per-channel and workspace caps, for all replicas."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cap: tuple[int, int],
+        clock: Callable[[], float] = time.time,
+        gap: float = CHANNEL_GAP_S,
+    ) -> None:
+        """``cap``: (N posts, per W seconds), the workspace's ``chat.postMessage`` cap."""
+        self.store = store
+        self.posts, self.window = cap
+        self.clock = clock
+        self.gap = gap
+        self._quickest: float | None = None  # the shortest post round trip this process saw
+        self._lock = threading.Lock()
+
+    def reserve(self, team: str, channel: str, *, horizon: float) -> tuple[Slot | None, float]:
+        """Reserve the earliest start allowed for a post to ``channel``.
+
+        Returns ``(slot, wait)``: the reserved slot and how long until it, or
+        ``(None, wait)`` when the earliest start is more than ``horizon`` seconds
+        off (nothing is reserved; try again after ``wait``).
+        """
+        chan, ws = _channel_key(team, channel), _workspace_key(team)
+        with self.store.write() as s:
+            self._ensure(s, chan, ws)
+            rows = {
+                r.key: r
+                for r in s.scalars(
+                    select(SlackPace)
+                    .where(SlackPace.key.in_((chan, ws)))
+                    .order_by(SlackPace.key)  # one lock order for every replica
+                    .with_for_update()
+                )
+            }
+            c, w = rows[chan], rows[ws]
+            ring_key = f"{ws}:{w.seq % self.posts}"
+            ring = s.get(SlackPace, ring_key, with_for_update=True)
+            ring_at = ring.next_at if ring is not None else 0.0
+            now = self.clock()
+            start = max(
+                now,
+                c.next_at,
+                c.floor_at,
+                w.floor_at,
+                ring_at + self.window + WINDOW_MARGIN_S if ring_at else 0.0,
+            )
+            if start - now > horizon:
+                return None, start - now
+            c.next_at = start + self.gap
+            w.seq += 1
+            if ring is None:
+                s.add(SlackPace(key=ring_key, next_at=start, floor_at=0.0, seq=0))
+            else:
+                ring.next_at = start
+        return Slot(team, channel, start), max(0.0, start - now)
+
+    def until_floor(self, slot: Slot) -> float:
+        """Seconds until ``slot``'s channel may start a post (0: now), for a post that waited."""
+        with self.store.read() as s:
+            floor = s.scalar(
+                select(SlackPace.floor_at).where(
+                    SlackPace.key == _channel_key(slot.team, slot.channel)
+                )
+            )
+        return max(0.0, (floor or 0.0) - self.clock())
+
+    def posted(self, slot: Slot, started: float, ended: float) -> None:
+        """A post to ``slot``'s channel ran from ``started`` to ``ended`` (this clock).
+
+        The channel's next post starts a gap after this one was counted, which
+        is at the latest ``ended`` less the quickest round trip seen.
+        """
+        with self._lock:
+            took = ended - started
+            self._quickest = took if self._quickest is None else min(self._quickest, took)
+            floor = ended + self.gap - self._quickest
+        self._raise_floor(_channel_key(slot.team, slot.channel), floor)
+
+    def pause(self, team: str, channel: str, seconds: float) -> None:
+        """Slack answered 429 with Retry-After ``seconds``: nothing to this channel, and
+        nothing to the workspace, starts before then (the 429 does not say which cap)."""
+        until = self.clock() + seconds
+        self._raise_floor(_channel_key(team, channel), until)
+        self._raise_floor(_workspace_key(team), until)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _ensure(self, s: Session, *keys: str) -> None:
+        """The rows exist (the first post to a channel makes its row; replicas race)."""
+        for key in keys:
+            s.execute(
+                insert_ignore(self.store, SlackPace).values(
+                    key=key, next_at=0.0, floor_at=0.0, seq=0
+                )
+            )
+
+    def _raise_floor(self, key: str, floor: float) -> None:
+        with self.store.write() as s:
+            self._ensure(s, key)
+            s.execute(
+                update(SlackPace)
+                .where(SlackPace.key == key, SlackPace.floor_at < floor)
+                .values(floor_at=floor)
+            )
+
+
+def _channel_key(team: str, channel: str) -> str:
+    return f"c:{team}:{channel}"
+
+
+def _workspace_key(team: str) -> str:
+    return f"w:{team}"

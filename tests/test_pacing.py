@@ -1,0 +1,122 @@
+"""Slack's posting caps, kept in the database so that replicas share them (bot/slack/pacing.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bot.sim.ams import ManualClock
+from bot.slack.pacing import CHANNEL_GAP_S, WINDOW_MARGIN_S, Pacer
+from bot.store import Store
+from tests.conftest import ALICE, TEAM, sender_for, wait_for
+from tests.helpers import settled
+
+FAR = 3600.0  # a horizon nothing is beyond
+
+
+@pytest.fixture
+def stores(db_url: str) -> Iterator[tuple[Store, Store]]:
+    """Two replicas' stores on one database."""
+    one, two = Store(db_url), Store(db_url)
+    one.migrate()
+    yield one, two
+    one.dispose()
+    two.dispose()
+
+
+def test_replicas_take_turns_in_one_channel(stores: tuple[Store, Store]) -> None:
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(600, 60), clock=clock) for s in stores)
+    starts = [p.reserve(TEAM, "C1", horizon=FAR)[0].start for p in (a, b, a, b, a, b)]
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert starts[0] == 1_000.0
+    assert all(g == pytest.approx(CHANNEL_GAP_S) for g in gaps), gaps
+    # Another channel is not held up by this one.
+    assert b.reserve(TEAM, "C2", horizon=FAR)[0].start == 1_000.0
+
+
+def test_the_workspace_cap_lets_a_burst_through_then_waits_a_window(
+    stores: tuple[Store, Store],
+) -> None:
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(5, 10), clock=clock) for s in stores)
+    starts = [
+        (a if i % 2 else b).reserve(TEAM, f"D{i}", horizon=FAR)[0].start - 1_000.0
+        for i in range(12)
+    ]
+    window = 10 + WINDOW_MARGIN_S
+    assert starts == pytest.approx([0.0] * 5 + [window] * 5 + [2 * window] * 2)
+    # In no window of 10 s (the cap's) do more than 5 start.
+    for s in starts:
+        assert sum(1 for t in starts if s <= t < s + 10) <= 5
+
+
+def test_a_start_beyond_the_horizon_is_not_reserved(stores: tuple[Store, Store]) -> None:
+    clock = ManualClock(1_000.0)
+    pacer = Pacer(stores[0], cap=(600, 60), clock=clock)
+    first, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
+    assert first is not None
+    slot, wait = pacer.reserve(TEAM, "C1", horizon=0.5)
+    assert slot is None and wait == pytest.approx(CHANNEL_GAP_S)
+    # Nothing was taken: the next post that can wait gets that very start.
+    later, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
+    assert later.start == pytest.approx(1_000.0 + CHANNEL_GAP_S)
+
+
+def test_a_429_pauses_the_channel_and_the_workspace(stores: tuple[Store, Store]) -> None:
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(600, 60), clock=clock) for s in stores)
+    a.pause(TEAM, "C1", 30)
+    assert b.reserve(TEAM, "C1", horizon=FAR)[0].start == 1_030.0
+    assert b.reserve(TEAM, "D9", horizon=FAR)[0].start == 1_030.0  # the cap was the reason?
+    assert b.reserve("T0OTHER", "C1", horizon=FAR)[0].start == 1_000.0  # another workspace
+
+
+def test_a_slow_post_moves_its_channel_s_next_start(stores: tuple[Store, Store]) -> None:
+    """Slack may count a post when its answer leaves: the next one starts a gap after that."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(600, 60), clock=clock) for s in stores)
+    quick, _ = a.reserve(TEAM, "C1", horizon=FAR)
+    a.posted(quick, 1_000.0, 1_000.05)  # the quickest round trip: 50 ms
+    clock.set(1_002.0)
+    slow, _ = a.reserve(TEAM, "C1", horizon=FAR)
+    held, wait = b.reserve(TEAM, "C1", horizon=FAR)  # reserved while `slow` is in flight
+    assert held.start == pytest.approx(1_002.0 + CHANNEL_GAP_S) and wait > 0
+    a.posted(slow, 1_002.0, 1_002.55)  # answered half a second late
+    assert b.until_floor(held) == pytest.approx(0.5 + CHANNEL_GAP_S, abs=1e-6)
+
+
+def test_replicas_together_stay_under_slack_s_caps(start_bot, postgres_url, slack, ams):
+    """Two bots on one PostgreSQL each open a room at once: each alone would keep under
+    the caps and together break them; sharing the budget in the database, they do not."""
+    slack.workspace_cap_per_minute = 8
+    slack.workspace_window = 2.0
+    slack.per_channel_rate = 1.0
+    crowds = [[f"UPACE{r}{i:02d}" for i in range(12)] for r in range(2)]
+    for u in crowds[0] + crowds[1]:
+        slack.add_user(u, u.lower())
+    bots = [start_bot(postgres_url, MEETBOT_SLACK_POST_CAP="8/2s") for _ in range(2)]
+    senders = [sender_for(b, slack) for b in bots]
+    with ThreadPoolExecutor(2) as pool:
+        acks = list(
+            pool.map(
+                lambda i: senders[i].command(
+                    f"pace{i} " + " ".join(f"<@{u}>" for u in crowds[i]), user_id=ALICE
+                ),
+                range(2),
+            )
+        )
+    assert all(r.status_code == 200 for r in acks)
+    expected = 2 * (12 + 2)  # each room: its invitees' DMs, the requester's, the card
+
+    def delivered() -> int:
+        return len([c for c in slack.calls_to("chat.postMessage") if c.status == 200])
+
+    wait_for(lambda: delivered() >= expected, timeout=60)
+    for b in bots:
+        settled(b)
+    assert delivered() == expected
+    posts = slack.calls_to("chat.postMessage")
+    assert slack.ratelimited_count == 0, [c.args.get("channel") for c in posts if c.status == 429]
