@@ -70,6 +70,8 @@ UNEXPECTED_FAILURE = (
 )
 
 Listener = Callable[[App, "Services"], None]
+#: Threads for the work after acks (``Services.submit``).
+BACKGROUND_THREADS = 64
 
 
 def load_listeners() -> list[Listener]:
@@ -96,8 +98,12 @@ class Services:
         s = self.settings = settings
         self.clock = clock
         self.owner = owner or worker_id()
-        # Post-ack work: never Bolt's own small pool, never the request thread.
-        self._background = ThreadPoolExecutor(max_workers=16, thread_name_prefix="work")
+        # Post-ack work: never Bolt's own small pool, never the request thread. A
+        # /meet holds a thread while AMS creates its room (up to a second on a busy
+        # AMS), so a morning burst needs dozens at once.
+        self._background = ThreadPoolExecutor(
+            max_workers=BACKGROUND_THREADS, thread_name_prefix="work"
+        )
 
         self.store = Store(s.database_url)
         self.metrics = Metrics(self.store, clock=clock)

@@ -35,6 +35,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -43,6 +44,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
+
+from bot.migrations import HEAD
 
 SQLITE_BUSY_TIMEOUT_S = 15
 SQLITE_ANALYSIS_LIMIT = 1000  # rows ANALYZE samples per index: quick at any size
@@ -362,12 +365,21 @@ class Store:
             yield s
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision (Alembic loads only if behind)."""
+        if self.schema_revision() == HEAD:
+            return
         from alembic import command
 
         command.upgrade(alembic_config(self.engine), "head")
         if self.is_sqlite:
             self.optimize()
+
+    def schema_revision(self) -> str | None:
+        """The database's Alembic revision, or None before the first migration."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
     def optimize(self) -> None:
         """SQLite only: give the query planner table statistics (PostgreSQL keeps its own).

@@ -41,3 +41,32 @@ def _slack_sdk_table(diff: object) -> bool:
     obj = diff[1] if isinstance(diff, tuple) and len(diff) > 1 else None
     table = getattr(obj, "table", obj)
     return str(getattr(table, "name", "")).startswith("slack_")
+
+
+def test_head_names_the_newest_migration_and_a_current_schema_skips_alembic(
+    tmp_path, monkeypatch
+):
+    """``bot.migrations.HEAD`` is the real head; at it, ``migrate`` never calls Alembic."""
+    from alembic.script import ScriptDirectory
+
+    from bot import migrations
+    from bot.store import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    store = Store(url)
+    try:
+        heads = ScriptDirectory.from_config(alembic_config(store.engine)).get_heads()
+        assert heads == [migrations.HEAD]
+        assert store.schema_revision() is None
+        store.migrate()
+        assert store.schema_revision() == migrations.HEAD
+
+        def no_alembic(*_args, **_kwargs):
+            raise AssertionError("Alembic ran on a current schema")
+
+        import alembic.command
+
+        monkeypatch.setattr(alembic.command, "upgrade", no_alembic)
+        store.migrate()  # a restart: nothing to do
+    finally:
+        store.dispose()

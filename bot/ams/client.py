@@ -223,6 +223,11 @@ def _to_unix(value: int | float | datetime) -> int:
     return int(value)
 
 
+#: Connections kept open to AMS: as many as the bot's calls in flight at once
+#: (room opens on the post-ack pool, the sweep's ``MEETBOT_AMS_CONCURRENCY``).
+POOL_SIZE = 64
+
+
 def _session_for(base_url: str) -> requests.Session:
     """A session whose proxy and CA bundle settings come from the environment once.
 
@@ -232,6 +237,11 @@ def _session_for(base_url: str) -> requests.Session:
     answer (``NO_PROXY`` included) is the same each time.
     """
     session = requests.Session()
+    # Keep a connection per call in flight: a busy morning opens dozens of rooms at
+    # once, and requests' default pool of 10 would drop and reopen the rest.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.proxies.update(requests.utils.get_environ_proxies(base_url))
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if ca_bundle:
