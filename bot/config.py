@@ -511,7 +511,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     allow_guests = r.boolean("MEETBOT_ALLOW_GUESTS", False)
     slack_calls = r.boolean("MEETBOT_SLACK_CALLS", False)
     # A Call has one shared join URL: Sign in with Slack (client credentials) at
-    # a public callback tells the bot who clicked (bot/calls.py).
+    # a public callback tells the bot who clicked (bot/web/call_join.py).
     calls_missing = [
         name
         for name, value in [

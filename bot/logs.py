@@ -26,7 +26,7 @@ SLACK_TOKEN_RE = re.compile(r"xox[abposre]-[A-Za-z0-9-]{6,}|xapp-[A-Za-z0-9-]{6,
 # A "/" as it reaches a log line: itself, JSON-escaped by Slack ("\/", with more
 # backslashes after a repr()), as a JSON unicode escape, or percent-encoded.
 _SLASH = r"(?:\\*/|\\+u002[fF]|%2[fF])"
-# A click-time link id (bot/joinlinks.py) is as good as a token while its room is
+# A click-time link id (bot/rooms/links.py) is as good as a token while its room is
 # open. Ids are 43 base64url characters; any run of 16 or more after /join/ goes.
 # "/join/room/<room id>" (the Slack Call's link) names a room, not a person: kept.
 JOIN_LINK_RE = re.compile(rf"({_SLASH}join{_SLASH})(?!room{_SLASH})[A-Za-z0-9_-]{{16,}}")

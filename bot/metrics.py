@@ -7,7 +7,7 @@ Why it looks like this:
   of the same name. It also keeps the process/GC collectors of the default
   registry out unless asked for.
 * Events (rooms created, DMs sent, AMS calls) are counted where they happen,
-  through the hooks the other modules already expose: ``Rooms.on_event``,
+  through the hooks the other modules already expose: ``Rooms(on_event=...)``,
   ``OutboxWorker.on_result`` and ``AmsClient(observer=...)``. Counters are per
   replica; Prometheus sums them.
 * State (open rooms, scheduler lag, last rotation) is read from the database
@@ -194,7 +194,7 @@ class Metrics:
 
     # -- hooks ------------------------------------------------------------
     def room_event(self, event: str) -> None:
-        """``Rooms.on_event``."""
+        """``Rooms(on_event=...)``: a room was created, revoked or failed."""
         try:
             self.room_events.labels(event).inc()
         except Exception:  # never let metrics break a room operation

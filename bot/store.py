@@ -86,7 +86,7 @@ class Room(Base):
     lease_until: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Slack Calls (bot/calls.py): the Call registered for the room, and when it was ended.
+    # Slack Calls (bot/slack/calls.py): the Call registered for the room, and when it was ended.
     slack_call_id: Mapped[str | None] = mapped_column(String(32))
     slack_call_ended_at: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -115,7 +115,7 @@ class Grant(Base):
     link_sent_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
-    # SHA-256 (hex) of the grant's click-time link id (bot/joinlinks.py); never the id.
+    # SHA-256 (hex) of the grant's click-time link id (bot/rooms/links.py); never the id.
     link_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (

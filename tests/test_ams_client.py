@@ -284,7 +284,7 @@ def test_create_timeout_without_room_raises_and_never_reposts(
         create(client)
     assert ams.count("POST", path(ams, "/broadcasts/create")) == 1
     assert ams.count("GET", path(ams, "/broadcasts/room-1")) == 1
-    # The late create lands anyway: the caller must clean up (rooms.py deletes it).
+    # The late create lands anyway: the caller must clean up (bot/rooms/service.py deletes it).
     wait_for(lambda: "room-1" in ams.broadcasts, timeout=3)
 
 

@@ -1,4 +1,4 @@
-"""bot/schedule.py: the <when> grammar, DST-safe next runs, storage round-trip."""
+"""bot/schedules/rules.py: the <when> grammar, DST-safe next runs, storage round-trip."""
 
 from __future__ import annotations
 

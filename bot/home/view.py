@@ -2,7 +2,7 @@
 
 Kept free of Slack calls and database reads so every shape the Home can take
 (no rooms, hundreds of rooms, hostile topics) can be checked against Block
-Kit's limits in unit tests; ``bot/home_tab.py`` gathers the data and publishes.
+Kit's limits in unit tests; ``bot/home/tab.py`` gathers the data and publishes.
 
 Slack refuses a Home view of more than 100 blocks with ``invalid_blocks``,
 which would leave the person with a stale (or empty) tab. Long lists are

@@ -1,6 +1,6 @@
 """Operator commands: ``doctor``, ``rooms``, ``link``, ``db`` and ``healthcheck``.
 
-``bot/cli.py`` registers :data:`COMMANDS`; they live here so the CLI module
+``bot/ops/cli.py`` registers :data:`COMMANDS`; they live here so the CLI module
 stays a thin list of entry points that several people can add to.
 
 Why they look like this:
@@ -662,7 +662,7 @@ def healthcheck(url: str | None, timeout: float) -> None:
     click.echo("healthy")
 
 
-#: Registered on ``meetbot`` by ``bot/cli.py``.
+#: Registered on ``meetbot`` by ``bot/ops/cli.py``.
 @click.command("reconcile")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def reconcile_now(as_json: bool) -> None:

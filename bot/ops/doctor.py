@@ -2,7 +2,7 @@
 
 Why a separate module that returns data: the same checks serve the terminal
 checklist, ``--json`` for scripts and CI, and tests, which assert on the
-``Check`` objects instead of parsing text. Rendering lives in ``bot/admin.py``.
+``Check`` objects instead of parsing text. Rendering lives in ``bot/ops/admin.py``.
 
 Rules every check follows:
 

@@ -1,6 +1,6 @@
 """Team-room schedules: database rows, fired exactly once by whichever replica claims them.
 
-Why rows and not APScheduler jobs: every replica ticks (``bot/scheduler.py``)
+Why rows and not APScheduler jobs: every replica ticks (``bot/schedules/ticker.py``)
 and APScheduler's job store is never shared, so the database is the only place
 that can decide, once, that "the 09:30 standup of Tuesday" has been fired.
 

@@ -74,7 +74,7 @@ def room_card(
 ) -> tuple[str, Blocks]:
     """The channel message: who opened which room until when. No link in it.
 
-    ``call_id``: the room's Slack Call (bot/calls.py); an open room's card then
+    ``call_id``: the room's Slack Call (bot/slack/calls.py); an open room's card then
     shows the Call, whose Join button signs the clicker in for their own link.
     """
     title = escape(topic_or_default(topic))
