@@ -351,7 +351,7 @@ class SlackGateway:
         """
         self._call(self.reader.views_publish, user_id=user_id, view=view)
 
-    # -- Calls API (bot/slack/calls.py) and Sign in with Slack (bot/web/call_join.py) -------------------
+    # -- Calls API (bot/slack/calls.py), Sign in with Slack (bot/web/call_join.py) --
     def call_add(
         self,
         *,
