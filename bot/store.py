@@ -16,6 +16,7 @@ work. The same query code runs on both.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
 SQLITE_BUSY_TIMEOUT_S = 15
+DEPLOYMENT_KEY = "deployment"  # Meta row holding this deployment's identity
 SQLITE_ANALYSIS_LIMIT = 1000  # rows ANALYZE samples per index: quick at any size
 
 
@@ -85,6 +87,10 @@ class Room(Base):
     # Slack Calls (bot/calls.py): the Call registered for the room, and when it was ended.
     slack_call_id: Mapped[str | None] = mapped_column(String(32))
     slack_call_ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Reconciliation (bot/ams/reconcile.py): when GET /broadcasts/{id} first answered
+    # 404. One 404 is no proof (AMS answers 404 when its datastore read fails), so
+    # a room is called vanished only when a later pass confirms it.
+    ams_missing_since: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_rooms_state_expires", "state", "expires_at"),
@@ -119,6 +125,47 @@ class Grant(Base):
         Index("ix_grants_team_user", "team_id", "user_id"),
         Index("ix_grants_link_hash", "link_hash", unique=True),
     )
+
+
+class AmsStream(Base):
+    """A stream AMS let publish in one of our rooms, and whose it is.
+
+    Written by the publish webhook (``bot/rooms/access.py``), which is the one
+    moment AMS names a participant's own stream id together with their token:
+    that is how the bot knows which streams to stop when it removes a person or
+    ends a room. ``event_ts``/``live`` come from AMS's listener hooks, which
+    arrive in no particular order: only an event newer than ``event_ts``
+    (AMS's milliseconds) is applied, here in the database so replicas agree.
+    ``live`` is None until a hook says.
+    """
+
+    __tablename__ = "ams_streams"
+
+    stream_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id", ondelete="CASCADE"), index=True
+    )
+    published_at: Mapped[int | None] = mapped_column(BigInteger)
+    event_ts: Mapped[int | None] = mapped_column(BigInteger)
+    live: Mapped[bool | None] = mapped_column()
+
+
+class Meta(Base):
+    """Facts about this deployment that outlive a process: its identity, what AMS asked.
+
+    ``deployment`` is made once per database (``Store.deployment_id``) and goes into
+    the marker of every room this deployment creates on AMS, so a staging and a
+    production bot that share one AMS application never take each other's rooms
+    for their own.
+    """
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class Audit(Base):
@@ -159,6 +206,11 @@ class Outbox(Base):
     payload: Mapped[str] = mapped_column(Text, default="{}")
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # How many of ``attempts`` (claims) ended with a known outcome: Slack answered,
+    # or nothing was sent. When ``attempts`` runs ahead of it by more than the claim
+    # in hand, an earlier attempt may have posted without being recorded (a timeout,
+    # a dropped connection, a crash): only then is the DM's history checked.
+    settled_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_before: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[int | None] = mapped_column(BigInteger)
@@ -323,6 +375,7 @@ class Store:
         self._write = sessionmaker(
             self.engine.execution_options(meetbot_write=True), expire_on_commit=False
         )
+        self._deployment: str | None = None
 
     # -- sessions -------------------------------------------------------
     @contextmanager
@@ -341,6 +394,7 @@ class Store:
         from alembic import command
 
         command.upgrade(alembic_config(self.engine), "head")
+        self.deployment_id()  # made here, once, so every process of it finds the same
         if self.is_sqlite:
             self.optimize()
 
@@ -370,6 +424,59 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    # -- dialect helpers ------------------------------------------------
+    def insert(self, table: Any) -> Any:
+        """This database's own INSERT, which has ``on_conflict_do_*`` (SQLite and PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # -- this deployment ------------------------------------------------
+    def deployment_id(self, *, create: bool = True) -> str | None:
+        """This deployment's identity: made once per database and never changed.
+
+        Every replica (and every operator command) on the same database gets the
+        same value; replicas that start together race on one ``INSERT … ON
+        CONFLICT DO NOTHING`` and all read the winner's. ``create=False`` only
+        reads (``meetbot doctor`` changes nothing).
+        """
+        if self._deployment is not None:
+            return self._deployment
+        with self.read() as s:
+            row = s.get(Meta, DEPLOYMENT_KEY)
+            value = row.value if row is not None else None
+        if value is None and create:
+            with self.write() as s:
+                s.execute(
+                    self.insert(Meta)
+                    .values(key=DEPLOYMENT_KEY, value=secrets.token_hex(8), updated_at=now())
+                    .on_conflict_do_nothing()
+                )
+            with self.read() as s:
+                row = s.get(Meta, DEPLOYMENT_KEY)
+                value = row.value if row is not None else None
+        self._deployment = value
+        return value
+
+    def meta(self, key: str) -> str | None:
+        with self.read() as s:
+            row = s.get(Meta, key)
+            return row.value if row is not None else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one ``meta`` row, made if missing (the last writer wins)."""
+        stmt = self.insert(Meta).values(key=key, value=value, updated_at=now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Meta.key],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        )
+        with self.write() as s:
+            s.execute(stmt)
 
     # -- rooms ----------------------------------------------------------
     def room(self, room_id: str, team_id: str | None = None) -> Room | None:
