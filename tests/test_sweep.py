@@ -59,9 +59,7 @@ def rooms(sqlite_url: str, ams: AmsDouble, slack: SlackDouble) -> Iterator[Rooms
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
     links = Links(settings, store, StaticSecret("x"))
     outbox = OutboxWorker(store, gateway, links, workers=1)  # never started: rows stay
-    r = Rooms(
-        settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper"
-    )
+    r = Rooms(settings, store, client, gateway, StaticSecret("x"), links, outbox, owner="sweeper")
     yield r
     r.close()
     client.close()
@@ -77,7 +75,7 @@ def seed(rooms: Rooms, ams: AmsDouble) -> list[str]:
     ids = [f"sweeproom{i:02d}" for i in range(N_ROOMS)]
     for room_id in ids:
         AmsClient(ams.url, "Conference").create_room(
-            room_id, room_id, t - 600, t - 1, metadata=ams_marker(TEAM)
+            room_id, room_id, t - 600, t - 1, metadata=ams_marker(TEAM, rooms.deployment())
         )
     with rooms.store.write() as tx:
         for i, room_id in enumerate(ids):

@@ -674,8 +674,7 @@ class AmsClient:
             )
         if "jwt" in lowered or "jwt" in whole:
             after = (
-                " Once the JWT passes, the IP filter (it runs second) checks the bot's "
-                "address too."
+                " Once the JWT passes, the IP filter (it runs second) checks the bot's address too."
             )
             if self._rest_jwt_secret:
                 hint = (
