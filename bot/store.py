@@ -600,14 +600,32 @@ class Store:
                 r.attempts += 1
             return rows
 
-    def release_outbox(self, owner: str) -> int:
-        """Give back every pending row ``owner`` holds (a clean shutdown)."""
+    def release_outbox(self, owner: str, *, unsure: Sequence[int] = ()) -> int:
+        """Give back every pending row ``owner`` holds (a clean shutdown).
+
+        Their attempt sent nothing, so it counts as settled, except for the rows
+        in ``unsure`` (a send began and did not finish cleanly): their outcome is
+        unknown and the next attempt looks for an earlier post first.
+        """
         with self.write() as s:
-            return s.execute(
+            mine = [Outbox.lease_owner == owner, Outbox.state == OutboxState.PENDING]
+            released = 0
+            if unsure:
+                released += s.execute(
+                    update(Outbox)
+                    .where(*mine, Outbox.id.in_(list(unsure)))
+                    .values(lease_owner=None, lease_until=None)
+                ).rowcount
+            released += s.execute(
                 update(Outbox)
-                .where(Outbox.lease_owner == owner, Outbox.state == OutboxState.PENDING)
-                .values(lease_owner=None, lease_until=None)
+                .where(*mine)
+                .values(
+                    lease_owner=None,
+                    lease_until=None,
+                    settled_attempts=Outbox.settled_attempts + 1,
+                )
             ).rowcount
+            return released
 
     def release_rooms(self, owner: str) -> int:
         """Give back every room ``owner`` claimed for revoking but did not finish."""
@@ -649,8 +667,12 @@ class Store:
         ts: str | None = None,
         error: str | None = None,
         retry_at: int | None = None,
+        settled: int | None = None,
     ) -> bool:
-        """Record how a send ended; False when our lease was lost meanwhile."""
+        """Record how a send ended; False when our lease was lost meanwhile.
+
+        ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
+        """
         with self.write() as s:
             row = s.get(Outbox, row_id)
             if row is None or row.lease_owner != owner:
@@ -658,6 +680,8 @@ class Store:
             row.lease_owner = None
             row.lease_until = None
             row.error = error[:200] if error else None
+            if settled is not None:
+                row.settled_attempts = settled
             if retry_at is not None:
                 row.not_before = retry_at
                 return True
