@@ -505,3 +505,58 @@ def test_state_round_trip_and_card_block():
     assert {"type": "call", "call_id": "R123"} in blocks
     _, blocks = room_card(room_id="r", topic="t", owner_id=ALICE, expires_at=0)
     assert all(b["type"] != "call" for b in blocks)
+
+
+# -- calls.end's answers ------------------------------------------------------------------
+def test_calls_end_unknown_call_is_final_and_an_ended_call_counts_as_ended(sqlite_url, slack, ams):
+    """``invalid_call_id``: Slack does not know the Call, trying again cannot help.
+    ``ok: true`` with ``inactive_call``: it had already ended, which is what we want."""
+    from bot.slack.calls import END_RETRY_AFTER_S, SlackCalls
+    from bot.slack.gateway import SlackGateway
+    from bot.store import Room, RoomState, Store
+
+    store = Store(sqlite_url)
+    store.migrate()
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    ended = gateway.call_add(
+        external_unique_id="r2",
+        join_url="https://x/join",
+        created_by=ALICE,
+        title="t",
+        date_start=int(time.time()),
+    )
+    gateway.call_end(ended, 5)
+    t = int(time.time())
+    with store.write() as tx:
+        for room_id, call_id in (("r1", "R0NOSUCHCALL"), ("r2", ended)):
+            tx.add(
+                Room(
+                    id=room_id,
+                    team_id=TEAM,
+                    owner_id=ALICE,
+                    channel_id="C1",
+                    topic=room_id,
+                    state=RoomState.REVOKED,
+                    created_at=t - 600,
+                    expires_at=t - 120,
+                    ended_at=t - END_RETRY_AFTER_S - 1,
+                    attempts=0,
+                    next_attempt_at=0,
+                    slack_call_id=call_id,
+                )
+            )
+    calls = SlackCalls(Settings(ams_url=ams.url, slack_bot_token=BOT_TOKEN), store, gateway)
+    try:
+        assert calls.sweep() == 2
+        assert calls.sweep() == 0  # neither is tried again
+    finally:
+        calls.close()
+        store.dispose()
+    answers = [(c.args["id"], c.error) for c in slack.calls_to("calls.end")]
+    assert answers == [
+        (ended, None),  # the test's own end, above
+        ("R0NOSUCHCALL", "invalid_call_id"),
+        (ended, None),  # ok: true, with "inactive_call" beside it
+    ]
+    rows = {r["id"]: r for r in db_rows(sqlite_url, "rooms")}
+    assert rows["r1"]["slack_call_ended_at"] and rows["r2"]["slack_call_ended_at"]
