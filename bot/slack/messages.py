@@ -240,8 +240,8 @@ def kick_reply(
     elif publish_checked and play_checked:
         parts.append(
             "The video server asks me before every join, reconnect and viewing: it will "
-            "refuse their next join or reconnect, and they can't watch or listen either. "
-            "Everyone else stays in the room."
+            "refuse their next join or reconnect, to speak and to watch. Everyone else stays "
+            "in the room."
         )
     elif publish_checked:
         parts.append(
