@@ -330,3 +330,25 @@ def test_webhook_route_refuses_what_is_not_ams(hooked, slack, ams):
     latin = '{"streamId":"s_0123456789","token":"x","metaData":"caf\u00e9"}'.encode("latin-1")
     assert hook(bot, data=latin).status_code == 403
     settle()
+
+
+def test_kick_says_so_when_ams_never_asked_and_when_a_stop_went_unanswered(start_bot, slack, ams):
+    """MEETBOT_WEBHOOK_SECRET is set but AMS was never pointed at the bot: the reply
+    does not promise a refusal. A stop AMS does not answer is said, not hidden."""
+    bot = start_bot(MEETBOT_WEBHOOK_SECRET=HOOK_SECRET)
+    room_id = open_room(bot, slack)
+    join_all(ams, slack, ALICE, BOB)
+    reply = command(bot, slack, f"kick {room_id} <@{BOB}|bob>", ALICE)
+    assert "hasn't asked me about any join lately" in reply
+    assert "keeps working until it expires" in reply and "refuse" not in reply
+
+    url = f"{bot.url}/ams/auth/{HOOK_SECRET}"
+    ams.update_settings(webhookAuthenticateURL=url, webhookPlayAuthUrl=url)
+    carol = join_all(ams, slack, CAROL)[CAROL]
+    ams.fail_next(20, status=503, path_regex=f"/broadcasts/{carol.stream_id}/stop$")
+    reply = command(bot, slack, f"kick {room_id} <@{CAROL}|carol>", ALICE)
+    assert "didn't answer when I tried to stop 1 of their streams" in reply
+    assert "refuse their next join or reconnect, to speak and to watch" in reply
+    assert carol.publishing  # as the reply says: still connected
+    assert not ams.reconnect(carol) and not carol.playing
+    settle()
