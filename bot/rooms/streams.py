@@ -70,8 +70,9 @@ class Streams:
                 AmsStream.user_id == stmt.excluded.user_id,
             ),
         )
+        # RETURNING, not rowcount: psycopg reports -1 for an ORM-run upsert.
         with self.store.write() as tx:
-            return tx.execute(stmt).rowcount == 1
+            return tx.execute(stmt.returning(AmsStream.stream_id)).first() is not None
 
     # -- listener hooks -------------------------------------------------------------
     def hook_event(
@@ -116,10 +117,11 @@ class Streams:
                             live=live,
                         )
                         .on_conflict_do_nothing()
-                    ).rowcount
+                        .returning(AmsStream.stream_id)
+                    ).first()
             except IntegrityError:  # the room is not one of ours (or no longer exists)
                 return None
-            if inserted:
+            if inserted is not None:
                 return room_id, user_id
             # Another replica inserted it meanwhile: apply ours against theirs.
         return None

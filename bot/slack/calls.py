@@ -166,6 +166,7 @@ class SlackCalls:
         """A room was revoked: end its Call, off the caller's thread."""
         if room.slack_call_id and room.slack_call_ended_at is None:
             self._events.submit(self._end_call, room.id)
+            self._events.submit(self._forget, room.id)  # on the thread that owns ``_told``
 
     def sweep(self) -> int:
         """End Calls whose room ended but whose ``calls.end`` did not happen (yet).
@@ -255,5 +256,6 @@ class SlackCalls:
         self._told[(room_id, user_id)] = shown
 
     def _forget(self, room_id: str) -> None:
+        """Drop what Slack was told about a room's people (Calls thread only)."""
         for key in [k for k in self._told if k[0] == room_id]:
             del self._told[key]
