@@ -224,6 +224,7 @@ def test_join_url_signs_the_clicker_in_and_sends_them_to_their_own_circle_link(s
     assert added.ok and added.args["id"] == call_id
     assert added.args["users"] == [{"slack_id": CAROL}]
     assert slack.slack_calls[call_id]["users"] == [{"slack_id": CAROL}]
+    assert ams.wait_hooks()  # the double records a delivery once it has the answer
     hooks = [d for d in ams.deliveries if d.kind == "hook"]
     assert hooks[0].payload["id"] == stream_id and hooks[0].status == 200
 
