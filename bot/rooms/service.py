@@ -565,14 +565,16 @@ class Rooms:
         """Disconnect everyone in the room, confirm it, then delete it on AMS.
 
         ``streams``: the participant streams the publish webhook recorded for the
-        room (``Streams.of_rooms``), each stopped by id. Then the room is stopped
-        (Enterprise stops its participants; Community Edition ignores
-        ``stopSubtracks`` and answers ``success: false``), and AMS's
-        ``active-subtracks-count`` must say 0 (or the room is gone, 404); while it
-        does not, the streams AMS lists as active are stopped and it is counted
-        again. Only then the room is deleted: a Community-Edition DELETE removes
-        the records and leaves the people connected. In the common case that is
-        three calls (stop, count, delete) plus one per recorded stream.
+        room and no hook said had ended (``Streams.of_rooms``), each stopped by
+        id. Then AMS's ``active-subtracks-count`` must say 0 (or the room is gone,
+        404). While it does not, the room is stopped (Enterprise stops its
+        participants; Community Edition ignores ``stopSubtracks``), each stream
+        AMS lists as active is stopped by id (that works on both), and it is
+        counted again. Only then the room is deleted: a Community-Edition DELETE
+        removes the records and leaves the people connected. The DELETE stops the
+        room itself first (``deleteSubtracks`` defaults to true), so a room
+        nobody is in costs two calls, a count and a delete, plus one per recorded
+        stream.
 
         The AMS half of a revoke, and all the sweep's AMS threads do: no
         database, no hooks. Raises ``AmsError`` when AMS did not confirm; the
@@ -580,10 +582,6 @@ class Rooms:
         """
         for stream_id in streams:
             self._stop_stream(stream_id)
-        try:
-            self.ams.stop_room(room_id)
-        except AmsNotFound:
-            pass
         for attempt in range(1, CONFIRM_ATTEMPTS + 1):
             try:
                 live = self.ams.participant_count(room_id)
@@ -594,10 +592,11 @@ class Rooms:
             if attempt == CONFIRM_ATTEMPTS:
                 raise AmsError(
                     f"AMS still counts {live} live participant(s) in room {room_id} after "
-                    f"stopping them {attempt} times; the room stays due and is tried again",
+                    f"stopping them {attempt - 1} times; the room stays due and is tried again",
                     user_message="The video server did not disconnect everyone.",
                 )
             try:
+                self.ams.stop_room(room_id)
                 tracks = self.ams.active_subtracks(room_id, 0, live + SUBTRACK_PAGE_MARGIN)
             except AmsNotFound:
                 break
