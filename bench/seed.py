@@ -69,10 +69,13 @@ def insert(url: str, rooms: Sequence[dict[str, Any]], grants: Sequence[dict[str,
         engine.dispose()
 
 
-def rooms_on_ams(ams: AmsDouble, room_ids: Iterable[str], *, threads: int = 8) -> None:
-    """Create each room on the double through its REST API, as the bot would have."""
+def rooms_on_ams(
+    ams: AmsDouble, room_ids: Iterable[str], deployment: str, *, threads: int = 8
+) -> None:
+    """Create each room on the double through its REST API, as the bot (the deployment
+    whose database holds ``deployment``) would have."""
     url = f"{ams.url}{ams.rest_base}/broadcasts/create"
-    marker = ams_marker(TEAM)
+    marker = ams_marker(TEAM, deployment)
     sessions: dict[int, requests.Session] = {}
 
     def create(room_id: str) -> int:

@@ -40,8 +40,10 @@ from bot.ams.stream_secret import (
 from bot.config import Settings
 from bot.home.tab import HomeTab
 from bot.metrics import Metrics
+from bot.rooms.access import Access
 from bot.rooms.links import JOIN_PREFIX, Links
 from bot.rooms.service import Rooms
+from bot.rooms.streams import Streams
 from bot.rooms.sweep import Sweep
 from bot.schedules.service import Schedules, list_schedules
 from bot.schedules.ticker import Scheduler
@@ -140,7 +142,10 @@ class Services:
             lease=s.outbox_lease,
             on_result=self.metrics.outbox_result,
         )
-        self.calls = SlackCalls.when_enabled(s, self.store, self.slack, clock=clock)
+        self.streams = Streams(self.store)
+        self.calls = SlackCalls.when_enabled(
+            s, self.store, self.slack, clock=clock, is_live=self.streams.is_live
+        )
         self.home = HomeTab(
             self.store,
             self.slack,
@@ -160,11 +165,13 @@ class Services:
             self.outbox,
             owner=self.owner,
             clock=clock,
+            streams=self.streams,
             calls=self.calls,
             on_change=self.home.changed,
             on_event=self.metrics.room_event,
         )
         self.sweep = Sweep(self.rooms)
+        self.access = Access(self.store, self.secrets, self.streams, clock=clock)
         self.schedules = Schedules(s, self.store, self.rooms, self.slack, clock=clock)
         self.scheduler: Scheduler | None = None
         self._readiness: Readiness | None = None
@@ -188,12 +195,9 @@ class Services:
             signin = CallSignIn(s, self.store, self.rooms, self.links, self.slack, clock=self.clock)
             routes.append((CALL_JOIN_PREFIX, signin))
         routes += [
-            (HOOK_PREFIX, AmsHook(s, self.calls)),
+            (HOOK_PREFIX, AmsHook(s, self.streams, self.calls)),
             (JOIN_PREFIX, JoinLinks(s, self.store, self.links, clock=self.clock)),
-            (
-                WEBHOOK_PREFIX,
-                AmsAuth(s, self.store, self.secrets, observe=self.metrics.observe_webhook),
-            ),
+            (WEBHOOK_PREFIX, AmsAuth(s, self.access, observe=self.metrics.observe_webhook)),
         ]
         if self._readiness is None:
             self._readiness = Readiness.for_settings(
@@ -299,6 +303,7 @@ class Services:
             owner=self.owner,
             now=int(self.clock()),
             interval=self.settings.reconcile_interval,
+            remove=self.rooms.end_on_ams,
         )
 
     # -- lifecycle ------------------------------------------------------------------

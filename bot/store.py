@@ -16,6 +16,7 @@ work. The same query code runs on both.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,9 +46,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from bot.migrations import HEAD
-
+#: The newest Alembic revision (bot/migrations/versions): ``Store.migrate`` loads
+#: Alembic only when the database is behind it, so a restart on a current schema
+#: never imports Alembic (and its templates) into the running bot.
+#: tests/test_migrations.py checks that it names the real head.
+SCHEMA_HEAD = "0011"
 SQLITE_BUSY_TIMEOUT_S = 15
+DEPLOYMENT_KEY = "deployment"  # Meta row holding this deployment's identity
 SQLITE_ANALYSIS_LIMIT = 1000  # rows ANALYZE samples per index: quick at any size
 
 
@@ -89,6 +94,10 @@ class Room(Base):
     # Slack Calls (bot/slack/calls.py): the Call registered for the room, and when it was ended.
     slack_call_id: Mapped[str | None] = mapped_column(String(32))
     slack_call_ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Reconciliation (bot/ams/reconcile.py): when GET /broadcasts/{id} first answered
+    # 404. One 404 is no proof (AMS answers 404 when its datastore read fails), so
+    # a room is called vanished only when a later pass confirms it.
+    ams_missing_since: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_rooms_state_expires", "state", "expires_at"),
@@ -123,6 +132,47 @@ class Grant(Base):
         Index("ix_grants_team_user", "team_id", "user_id"),
         Index("ix_grants_link_hash", "link_hash", unique=True),
     )
+
+
+class AmsStream(Base):
+    """A stream AMS let publish in one of our rooms, and whose it is.
+
+    Written by the publish webhook (``bot/rooms/access.py``), which is the one
+    moment AMS names a participant's own stream id together with their token:
+    that is how the bot knows which streams to stop when it removes a person or
+    ends a room. ``event_ts``/``live`` come from AMS's listener hooks, which
+    arrive in no particular order: only an event newer than ``event_ts``
+    (AMS's milliseconds) is applied, here in the database so replicas agree.
+    ``live`` is None until a hook says.
+    """
+
+    __tablename__ = "ams_streams"
+
+    stream_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id", ondelete="CASCADE"), index=True
+    )
+    published_at: Mapped[int | None] = mapped_column(BigInteger)
+    event_ts: Mapped[int | None] = mapped_column(BigInteger)
+    live: Mapped[bool | None] = mapped_column()
+
+
+class Meta(Base):
+    """Facts about this deployment that outlive a process: its identity, what AMS asked.
+
+    ``deployment`` is made once per database (``Store.deployment_id``) and goes into
+    the marker of every room this deployment creates on AMS, so a staging and a
+    production bot that share one AMS application never take each other's rooms
+    for their own.
+    """
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class Audit(Base):
@@ -163,6 +213,11 @@ class Outbox(Base):
     payload: Mapped[str] = mapped_column(Text, default="{}")
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # How many of ``attempts`` (claims) ended with a known outcome: Slack answered,
+    # or nothing was sent. When ``attempts`` runs ahead of it by more than the claim
+    # in hand, an earlier attempt may have posted without being recorded (a timeout,
+    # a dropped connection, a crash): only then is the DM's history checked.
+    settled_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_before: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[int | None] = mapped_column(BigInteger)
@@ -351,6 +406,7 @@ class Store:
         self._write = sessionmaker(
             self.engine.execution_options(meetbot_write=True), expire_on_commit=False
         )
+        self._deployment: str | None = None
 
     # -- sessions -------------------------------------------------------
     @contextmanager
@@ -366,11 +422,12 @@ class Store:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (Alembic loads only if behind)."""
-        if self.schema_revision() == HEAD:
+        if self.schema_revision() == SCHEMA_HEAD:
             return
         from alembic import command
 
         command.upgrade(alembic_config(self.engine), "head")
+        self.deployment_id()  # made here, once, so every process of it finds the same
         if self.is_sqlite:
             self.optimize()
 
@@ -407,6 +464,59 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    # -- dialect helpers ------------------------------------------------
+    def insert(self, table: Any) -> Any:
+        """This database's own INSERT, which has ``on_conflict_do_*`` (SQLite and PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # -- this deployment ------------------------------------------------
+    def deployment_id(self, *, create: bool = True) -> str | None:
+        """This deployment's identity: made once per database and never changed.
+
+        Every replica (and every operator command) on the same database gets the
+        same value; replicas that start together race on one ``INSERT … ON
+        CONFLICT DO NOTHING`` and all read the winner's. ``create=False`` only
+        reads (``meetbot doctor`` changes nothing).
+        """
+        if self._deployment is not None:
+            return self._deployment
+        with self.read() as s:
+            row = s.get(Meta, DEPLOYMENT_KEY)
+            value = row.value if row is not None else None
+        if value is None and create:
+            with self.write() as s:
+                s.execute(
+                    self.insert(Meta)
+                    .values(key=DEPLOYMENT_KEY, value=secrets.token_hex(8), updated_at=now())
+                    .on_conflict_do_nothing()
+                )
+            with self.read() as s:
+                row = s.get(Meta, DEPLOYMENT_KEY)
+                value = row.value if row is not None else None
+        self._deployment = value
+        return value
+
+    def meta(self, key: str) -> str | None:
+        with self.read() as s:
+            row = s.get(Meta, key)
+            return row.value if row is not None else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one ``meta`` row, made if missing (the last writer wins)."""
+        stmt = self.insert(Meta).values(key=key, value=value, updated_at=now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Meta.key],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        )
+        with self.write() as s:
+            s.execute(stmt)
 
     # -- rooms ----------------------------------------------------------
     def room(self, room_id: str, team_id: str | None = None) -> Room | None:
@@ -530,14 +640,32 @@ class Store:
                 r.attempts += 1
             return rows
 
-    def release_outbox(self, owner: str) -> int:
-        """Give back every pending row ``owner`` holds (a clean shutdown)."""
+    def release_outbox(self, owner: str, *, unsure: Sequence[int] = ()) -> int:
+        """Give back every pending row ``owner`` holds (a clean shutdown).
+
+        Their attempt sent nothing, so it counts as settled, except for the rows
+        in ``unsure`` (a send began and did not finish cleanly): their outcome is
+        unknown and the next attempt looks for an earlier post first.
+        """
         with self.write() as s:
-            return s.execute(
+            mine = [Outbox.lease_owner == owner, Outbox.state == OutboxState.PENDING]
+            released = 0
+            if unsure:
+                released += s.execute(
+                    update(Outbox)
+                    .where(*mine, Outbox.id.in_(list(unsure)))
+                    .values(lease_owner=None, lease_until=None)
+                ).rowcount
+            released += s.execute(
                 update(Outbox)
-                .where(Outbox.lease_owner == owner, Outbox.state == OutboxState.PENDING)
-                .values(lease_owner=None, lease_until=None)
+                .where(*mine)
+                .values(
+                    lease_owner=None,
+                    lease_until=None,
+                    settled_attempts=Outbox.settled_attempts + 1,
+                )
             ).rowcount
+            return released
 
     def release_rooms(self, owner: str) -> int:
         """Give back every room ``owner`` claimed for revoking but did not finish."""
@@ -579,8 +707,12 @@ class Store:
         ts: str | None = None,
         error: str | None = None,
         retry_at: int | None = None,
+        settled: int | None = None,
     ) -> bool:
-        """Record how a send ended; False when our lease was lost meanwhile."""
+        """Record how a send ended; False when our lease was lost meanwhile.
+
+        ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
+        """
         with self.write() as s:
             row = s.get(Outbox, row_id)
             if row is None or row.lease_owner != owner:
@@ -588,6 +720,8 @@ class Store:
             row.lease_owner = None
             row.lease_until = None
             row.error = error[:200] if error else None
+            if settled is not None:
+                row.settled_attempts = settled
             if retry_at is not None:
                 row.not_before = retry_at
                 return True

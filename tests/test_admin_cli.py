@@ -312,15 +312,21 @@ def test_reconcile_command_removes_a_stray_bot_room(tmp_path, ams, slack):
     from bot.ams.client import AmsClient
     from bot.ams.marker import ams_marker
     from bot.ops.cli import main
+    from bot.store import Store
     from tests.conftest import bot_env
 
     env = bot_env(ams, slack, f"sqlite:///{tmp_path}/x.db")
     runner = CliRunner()
     assert runner.invoke(main, ["db", "upgrade"], env=env).exit_code == 0
+    deployment = Store(env["DATABASE_URL"]).deployment_id(create=False)
+    assert deployment  # made by the migration, once
     client = AmsClient(ams.url, "Conference")
-    client.create_room("stray-room", "left behind", 0, 0, metadata=ams_marker("T0001"))
+    client.create_room("stray-room", "left behind", 0, 0, metadata=ams_marker("T0001", deployment))
     client.create_room("not-ours", "someone else's", 0, 0)
+    # Another meetbot's stray, and one from before deployments had an identity: not ours.
+    client.create_room("staging-room", "theirs", 0, 0, metadata=ams_marker("T0001", "0" * 16))
+    client.create_room("legacy-room", "old", 0, 0, metadata='{"meetbot":1,"team":"T0001"}')
     result = runner.invoke(main, ["reconcile", "--json"], env=env)
     assert result.exit_code == 0, result.output
     assert '"removed": ["stray-room"]' in result.output
-    assert set(ams.broadcasts) == {"not-ours"}
+    assert set(ams.broadcasts) == {"not-ours", "staging-room", "legacy-room"}

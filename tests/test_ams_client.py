@@ -26,6 +26,7 @@ from bot.ams.client import (
     AmsManagement,
     AmsNotFound,
     AmsRejected,
+    AmsRestRefused,
     AmsTimeout,
     AmsUnavailable,
     is_enterprise,
@@ -179,6 +180,59 @@ def test_rest_jwt_is_sent_and_checked() -> None:
         claims = jwt.decode(header.removeprefix("Bearer "), REST_SECRET, algorithms=["HS256"])
         assert set(claims) == {"exp"}  # short-lived, and no iat for AMS's zero leeway
         assert 0 < claims["exp"] - time.time() <= 300
+
+
+def test_403_html_pages_name_the_filter_that_refused() -> None:
+    """AMS's REST filters answer with Tomcat's HTML page; the message is after the
+    page's title and style sheet, and the JWT filter runs before the IP filter."""
+    with AmsDouble(rest_jwt_secret=REST_SECRET, ip_allowed=False) as ams:
+        # The JWT is right, the address is not: only the IP filter refused.
+        with AmsClient(ams.url, APP, rest_jwt_secret=REST_SECRET, **FAST) as client:
+            with pytest.raises(AmsIpFiltered) as info:
+                client.list_rooms()
+            text = str(info.value)
+            assert "(Not allowed IP)" in text and "remoteAllowedCIDR" in text
+            assert "REST JWT was accepted" in text and "<" not in text
+        # Both would refuse: the JWT filter answers first, and says the IP filter is next.
+        with AmsClient(ams.url, APP, rest_jwt_secret="x" * 40, **FAST) as client:
+            with pytest.raises(AmsBadRestJwt) as jwt_info:
+                client.list_rooms()
+            text = str(jwt_info.value)
+            assert "(Invalid App JWT Token)" in text and "AMS_REST_JWT_SECRET" in text
+            assert "IP filter (it runs second)" in text and "<" not in text
+
+
+def test_a_403_that_names_no_filter_names_both_in_order() -> None:
+    with AmsDouble() as ams, AmsClient(ams.url, APP, retries=0, **FAST) as client:
+        ams.fail_next(1, status=403)  # Tomcat's page without a Message (e.g. a proxy)
+        with pytest.raises(AmsRestRefused) as info:
+            client.get_room("r")
+        assert type(info.value) is AmsRestRefused
+        text = str(info.value)
+        assert text.index("REST JWT") < text.index("IP filter") and "<" not in text
+
+
+def test_stop_stream_and_active_subtracks(client: AmsClient, ams: AmsDouble) -> None:
+    create(client, "room-1")
+    token = jwt.encode(
+        {"streamId": "room-1", "type": "publish", "exp": int(time.time()) + 60},
+        SECRET,
+        algorithm="HS256",
+    )
+    assert ams.join("room-1", token, "alice_0123456789")
+    assert ams.join("room-1", token, "bob_0123456789")
+    live = client.active_subtracks("room-1", 0, 1000)  # AMS does not cap this page at 250
+    assert sorted(b["streamId"] for b in live) == ["alice_0123456789", "bob_0123456789"]
+    assert ams.count("GET", path(ams, "/broadcasts/room-1/active-subtracks/0/1000")) == 1
+    assert client.stop_stream("alice_0123456789") is True
+    (stop,) = [r for r in ams.requests if r.path.endswith("/alice_0123456789/stop")]
+    assert stop.query == {"stopSubtracks": ["false"]}  # never everybody in a room
+    assert ams.connected("room-1") == ["bob_0123456789"]
+    assert client.participant_count("room-1") == 1
+    assert [b["streamId"] for b in client.active_subtracks("room-1")] == ["bob_0123456789"]
+    assert client.stop_stream("nobody-here") is False
+    with pytest.raises(AmsNotFound):
+        client.active_subtracks("no-such-room")
 
 
 def test_timeout_with_a_short_read_timeout(ams: AmsDouble) -> None:

@@ -3,8 +3,8 @@
 Scenario tests drive a real ``meetbot serve`` over HTTP with the Slack and AMS
 doubles: ``/meet`` is a signed slash command, the Call's join URL is followed
 the way a browser would (one hop at a time, cookies kept), Slack's authorize
-page is the double's stand-in, and AMS's ``listenerHookURL`` events are POSTed
-in AMS's own encodings. Assertions are on what Slack and AMS received.
+page is the double's stand-in, and people join through the AMS double, which sends its
+``listenerHookURL`` events as AMS does. Assertions are on what Slack and AMS received.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import requests
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.rooms.links import parse_stream_id, participant_stream_id
+from bot.sim.ams import FORM_CONTENT_TYPE, ManualClock
 from bot.slack.messages import room_card
 from bot.tokens import circle_link
 from bot.web.call_join import make_state, read_state, state_key
@@ -106,11 +107,9 @@ def calls_api(slack) -> list[str]:
     return [c.method for c in slack.calls if c.method.startswith(("calls.", "openid."))]
 
 
-def hook(bot: BotProcess, body: dict, *, as_json: bool = False, secret: str = HOOK_SECRET):
-    url = f"{bot.url}/ams/hook/{secret}"
-    if as_json:
-        return requests.post(url, json=body, timeout=5)
-    return requests.post(url, data=body, timeout=5)
+def hook(bot: BotProcess, body: dict, *, secret: str = HOOK_SECRET):
+    """A hand-made POST to the listener hook: for what AMS would never send."""
+    return requests.post(f"{bot.url}/ams/hook/{secret}", data=body, timeout=5)
 
 
 def assert_private(r: requests.Response) -> None:
@@ -220,36 +219,35 @@ def test_join_url_signs_the_clicker_in_and_sends_them_to_their_own_circle_link(s
     bob = jwt.decode(token_of(r.headers["Location"]), options={"verify_signature": False})
     assert (bob["sub"], bob["jti"]) == (BOB, grants[BOB]["jti"])
 
-    # AMS's listenerHookURL: Carol's stream starts (form-encoded) and ends (JSON).
+    # AMS's listenerHookURL: Carol's Circle publishes under that stream id; AMS tells
+    # the bot when it starts and ends (form encoding here, JSON below).
     (call_id,) = slack.slack_calls
-    # Foreign and forged stream ids first: nothing reaches Slack for them.
-    forged = f"{room_id}_{DAVE}_{'0' * 24}"
-    for foreign in ("someone-elses-stream", room_id, forged, f"other_{CAROL}_{'a' * 24}"):
-        r = hook(bot, {"id": foreign, "action": "liveStreamStarted", "mainTrackId": room_id})
-        assert r.status_code == 200
-    event = {
-        "id": stream_id,
-        "action": "liveStreamStarted",
-        "streamName": "carol",
-        "mainTrackId": room_id,
-        "roomId": room_id,
-        "app": "Conference",
-        "timestamp": str(int(time.time() * 1000)),
-    }
-    assert hook(bot, event).status_code == 200
+    ams.update_settings(
+        listenerHookURL=f"{bot.url}/ams/hook/{HOOK_SECRET}", webhookContentType=FORM_CONTENT_TYPE
+    )
+    carol = ams.circle_join(circle)
+    assert carol.joined and carol.stream_id == stream_id, carol.why
     (added,) = slack.wait_for_calls("calls.participants.add")
     assert added.ok and added.args["id"] == call_id
     assert added.args["users"] == [{"slack_id": CAROL}]
     assert slack.slack_calls[call_id]["users"] == [{"slack_id": CAROL}]
+    assert ams.wait_hooks()  # the double records a delivery once it has the answer
+    hooks = [d for d in ams.deliveries if d.kind == "hook"]
+    assert hooks[0].payload["id"] == stream_id and hooks[0].status == 200
 
-    assert hook(bot, {**event, "action": "liveStreamEnded"}, as_json=True).status_code == 200
+    ams.update_settings(webhookContentType="application/json")
+    ams.hang_up(carol)
     (removed,) = slack.wait_for_calls("calls.participants.remove")
     assert removed.ok and removed.args["users"] == [{"slack_id": CAROL}]
     assert slack.slack_calls[call_id]["users"] == []
-    assert len(slack.calls_to("calls.participants.add")) == 1  # the forged ones never got there
 
-    # Other AMS events, a wrong secret, other methods.
-    assert hook(bot, {**event, "action": "vodReady"}).status_code == 200
+    # Foreign and forged stream ids: nothing reaches Slack for them.
+    forged = f"{room_id}_{DAVE}_{'0' * 24}"
+    for foreign in ("someone-elses-stream", room_id, forged, f"other_{CAROL}_{'a' * 24}"):
+        r = hook(bot, {"id": foreign, "action": "liveStreamStarted", "mainTrackId": room_id})
+        assert r.status_code == 200
+    event = {"id": stream_id, "action": "vodReady", "mainTrackId": room_id}
+    assert hook(bot, event).status_code == 200  # other AMS events
     assert hook(bot, event, secret="x" * len(HOOK_SECRET)).status_code == 404
     assert requests.get(f"{bot.url}/ams/hook/{HOOK_SECRET}", timeout=5).status_code == 405
     bad = requests.post(
@@ -259,6 +257,79 @@ def test_join_url_signs_the_clicker_in_and_sends_them_to_their_own_circle_link(s
         timeout=5,
     )
     assert bad.status_code == 400
+    ams.wait_hooks()
+    time.sleep(0.3)  # the Calls thread would have sent anything it was going to by now
+    assert len(slack.calls_to("calls.participants.add")) == 1  # the forged ones never got there
+    assert len(slack.calls_to("calls.participants.remove")) == 1
+
+
+def test_reordered_hooks_leave_the_right_call_participants(start, slack, ams):
+    """AMS sends listener hooks from a worker pool without ordering: here every hook
+    arrives in the reverse of the order AMS produced it. The bot goes by each event's
+    ``timestamp``, so Bob (who reconnected) is in the Call and Carol (who left) is not."""
+    bot = start()
+    clock = ManualClock(time.time())  # distinct milliseconds for every event
+    ams.clock = clock
+    room_id = open_room(bot, slack, f"standup <@{BOB}> <@{CAROL}>")["id"]
+    (call_id,) = slack.slack_calls
+    ams.update_settings(listenerHookURL=f"{bot.url}/ams/hook/{HOOK_SECRET}")
+    links = {user: sign_in(bot, slack, room_id, user).headers["Location"] for user in (BOB, CAROL)}
+
+    ams.hold_hooks()
+    bob = ams.circle_join(links[BOB])
+    clock.advance(1)
+    carol = ams.circle_join(links[CAROL])
+    clock.advance(1)
+    ams.hang_up(carol)
+    clock.advance(1)
+    assert ams.reconnect(bob), bob.why
+    held = [(h["id"], h["action"]) for h in ams.held_hooks()]
+    assert (carol.stream_id, "liveStreamEnded") in held and len(held) >= 5
+    delivered = ams.release_hooks("reversed")
+    order = [(d.payload["id"], d.payload["action"]) for d in delivered]
+    assert order.index((carol.stream_id, "liveStreamEnded")) < order.index(
+        (carol.stream_id, "liveStreamStarted")
+    )
+    assert all(d.status == 200 for d in delivered)
+
+    wait_for(lambda: slack.slack_calls[call_id]["users"] == [{"slack_id": BOB}])
+    time.sleep(0.5)  # the Calls thread has nothing left that would change it
+    assert slack.slack_calls[call_id]["users"] == [{"slack_id": BOB}]
+    adds = [c.args["users"] for c in slack.calls_to("calls.participants.add")]
+    assert [{"slack_id": CAROL}] not in adds
+    live = {r["stream_id"]: r["live"] for r in db_rows(bot.env["DATABASE_URL"], "ams_streams")}
+    assert live == {bob.stream_id: True, carol.stream_id: False}
+
+
+def test_replicas_agree_on_the_order_of_hooks(start, slack, ams, postgres_url):
+    """Two replicas on one database: Carol's ``started`` reaches one, her ``ended`` the
+    other, ended first. The newest event wins in the database, whoever applied it."""
+    one = start(DATABASE_URL=postgres_url)
+    two = start(DATABASE_URL=postgres_url)
+    clock = ManualClock(time.time())
+    ams.clock = clock
+    room_id = open_room(one, slack, f"standup <@{CAROL}>")["id"]
+    (call_id,) = slack.slack_calls
+    link = sign_in(one, slack, room_id, CAROL).headers["Location"]
+
+    ams.hold_hooks()
+    ams.update_settings(listenerHookURL=f"{one.url}/ams/hook/{HOOK_SECRET}")
+    carol = ams.circle_join(link)
+    clock.advance(1)
+    ams.update_settings(listenerHookURL=f"{two.url}/ams/hook/{HOOK_SECRET}")
+    ams.hang_up(carol)
+    delivered = ams.release_hooks("reversed")
+    carols = [(d.url.split("/ams/")[0], d.payload["action"]) for d in delivered]
+    carols = [
+        c for c, d in zip(carols, delivered, strict=True) if d.payload["id"] == carol.stream_id
+    ]
+    assert carols == [(two.url, "liveStreamEnded"), (one.url, "liveStreamStarted")]
+    assert all(d.status == 200 for d in delivered)
+    time.sleep(1.0)  # both Calls threads have had their turn
+    assert slack.slack_calls[call_id]["users"] == []
+    assert [{"slack_id": CAROL}] not in [
+        c.args["users"] for c in slack.calls_to("calls.participants.add")
+    ]
 
 
 def test_forged_expired_or_foreign_sign_ins_are_refused(start, slack, ams):
@@ -349,9 +420,12 @@ def test_calls_off_means_no_calls_api_traffic_at_all(start, slack, ams):
     link = dm_links(slack, BOB)[0]
     r = requests.get(link, headers=BROWSER, allow_redirects=False, timeout=5)
     assert r.status_code == 302 and "streamId=" not in r.headers["Location"]
-    stream = f"{room['id']}_{BOB}_{'0' * 24}"
-    r = hook(bot, {"id": stream, "action": "liveStreamStarted", "mainTrackId": room["id"]})
-    assert r.status_code == 200
+    ams.update_settings(listenerHookURL=f"{bot.url}/ams/hook/{HOOK_SECRET}")
+    bob = ams.circle_join(r.headers["Location"])
+    assert bob.joined, bob.why
+    ams.hang_up(bob)
+    assert ams.wait_hooks()
+    assert {d.status for d in ams.deliveries if d.kind == "hook"} == {200}
     end_and_settle(bot, slack, room["id"])
     assert calls_api(slack) == []
 
@@ -435,3 +509,58 @@ def test_state_round_trip_and_card_block():
     assert {"type": "call", "call_id": "R123"} in blocks
     _, blocks = room_card(room_id="r", topic="t", owner_id=ALICE, expires_at=0)
     assert all(b["type"] != "call" for b in blocks)
+
+
+# -- calls.end's answers ------------------------------------------------------------------
+def test_calls_end_unknown_call_is_final_and_an_ended_call_counts_as_ended(sqlite_url, slack, ams):
+    """``invalid_call_id``: Slack does not know the Call, trying again cannot help.
+    ``ok: true`` with ``inactive_call``: it had already ended, which is what we want."""
+    from bot.slack.calls import END_RETRY_AFTER_S, SlackCalls
+    from bot.slack.gateway import SlackGateway
+    from bot.store import Room, RoomState, Store
+
+    store = Store(sqlite_url)
+    store.migrate()
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    ended = gateway.call_add(
+        external_unique_id="r2",
+        join_url="https://x/join",
+        created_by=ALICE,
+        title="t",
+        date_start=int(time.time()),
+    )
+    gateway.call_end(ended, 5)
+    t = int(time.time())
+    with store.write() as tx:
+        for room_id, call_id in (("r1", "R0NOSUCHCALL"), ("r2", ended)):
+            tx.add(
+                Room(
+                    id=room_id,
+                    team_id=TEAM,
+                    owner_id=ALICE,
+                    channel_id="C1",
+                    topic=room_id,
+                    state=RoomState.REVOKED,
+                    created_at=t - 600,
+                    expires_at=t - 120,
+                    ended_at=t - END_RETRY_AFTER_S - 1,
+                    attempts=0,
+                    next_attempt_at=0,
+                    slack_call_id=call_id,
+                )
+            )
+    calls = SlackCalls(Settings(ams_url=ams.url, slack_bot_token=BOT_TOKEN), store, gateway)
+    try:
+        assert calls.sweep() == 2
+        assert calls.sweep() == 0  # neither is tried again
+    finally:
+        calls.close()
+        store.dispose()
+    answers = [(c.args["id"], c.error) for c in slack.calls_to("calls.end")]
+    assert answers == [
+        (ended, None),  # the test's own end, above
+        ("R0NOSUCHCALL", "invalid_call_id"),
+        (ended, None),  # ok: true, with "inactive_call" beside it
+    ]
+    rows = {r["id"]: r for r in db_rows(sqlite_url, "rooms")}
+    assert rows["r1"]["slack_call_ended_at"] and rows["r2"]["slack_call_ended_at"]

@@ -330,11 +330,59 @@ def test_webhook_url_to_configure_is_the_only_place_its_secret_shows(
     assert [line.strip() for line in result.output.splitlines() if WEBHOOK_SECRET in line] == [
         expected
     ]
-    good_ams.update_settings(webhookAuthenticateURL=expected)
+    good_ams.update_settings(webhookAuthenticateURL=expected, webhookPlayAuthUrl=expected)
     ok = doctor_cli(monkeypatch, env)
     assert WEBHOOK_SECRET not in ok.output
-    line = next(x for x in ok.output.splitlines() if "AMS join webhook" in x)
+    line = next(x for x in ok.output.splitlines() if "AMS join webhooks" in x)
     assert "✓" in line
+
+
+def test_both_webhook_settings_are_checked_and_what_is_missing_is_said(
+    good_ams, good_slack, migrated
+):
+    env = env_for(good_ams, good_slack, migrated, MEETBOT_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    # No MEETBOT_PUBLIC_URL: the path is what can be checked.
+    good_ams.update_settings(
+        webhookAuthenticateURL=f"https://bot.example/ams/auth/{WEBHOOK_SECRET}"
+    )
+    check = checks_for(env)["ams_webhook"]
+    assert check.status is Status.WARN
+    assert check.summary == "webhookPlayAuthUrl not pointing at meetbot"
+    (detail,) = check.details
+    assert "is not set" in detail and "can still watch" in detail
+    assert f"/ams/auth/{WEBHOOK_SECRET}" in check.fix and "MEETBOT_PUBLIC_URL" in check.fix
+    good_ams.update_settings(webhookPlayAuthUrl="https://elsewhere.example/hook")
+    check = checks_for(env)["ams_webhook"]
+    assert "points elsewhere" in check.details[0] and "elsewhere.example" not in str(check)
+    good_ams.update_settings(webhookPlayAuthUrl=f"https://bot.example/ams/auth/{WEBHOOK_SECRET}")
+    assert checks_for(env)["ams_webhook"].status is Status.OK
+    # Neither set: both named, each with what it costs.
+    good_ams.update_settings(webhookAuthenticateURL="", webhookPlayAuthUrl="")
+    check = checks_for(env)["ams_webhook"]
+    assert check.summary == "webhookAuthenticateURL and webhookPlayAuthUrl not pointing at meetbot"
+    assert "rejoins" in check.details[0] and "watch" in check.details[1]
+
+
+def test_the_deployment_id_is_shown(good_ams, good_slack, migrated):
+    deployment = Store(migrated).deployment_id(create=False)
+    check = checks_for(env_for(good_ams, good_slack, migrated))["database"]
+    assert deployment and deployment in check.summary and "marker" in check.details[0]
+
+
+def test_rest_refusals_name_the_filter_in_the_order_ams_runs_them(good_slack, migrated):
+    """The JWT filter runs before the IP filter; each 403 is Tomcat's HTML page."""
+    with AmsDouble(stream_secret=STREAM_SECRET, rest_jwt_secret="R" * 40, ip_allowed=False) as ams:
+        # Right JWT, wrong address: the IP filter refused (the JWT passed).
+        ip = checks_for(env_for(ams, good_slack, migrated, AMS_REST_JWT_SECRET="R" * 40))
+        # Both wrong: the JWT filter answers first, and the IP filter is named as next.
+        both = checks_for(env_for(ams, good_slack, migrated, AMS_REST_JWT_SECRET="W" * 40))
+    assert ip["ams_rest"].summary == "refused by the IP filter: HTTP 403 Not allowed IP"
+    assert (
+        "remoteAllowedCIDR" in ip["ams_rest"].fix
+        and "let the request through" in ip["ams_rest"].fix
+    )
+    assert both["ams_rest"].summary.startswith("refused by the REST JWT filter")
+    assert "does not match" in both["ams_rest"].fix and "IP filter" in both["ams_rest"].fix
 
 
 def test_configuration_problems_are_listed(monkeypatch):

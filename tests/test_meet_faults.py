@@ -250,7 +250,10 @@ def test_end_revokes_on_ams_and_edits_every_message(bot, sender, slack, ams, who
     (reply,) = slack.wait_for_responses(r.response_key)
     assert "Ended" in reply["text"]
     assert rooms_on_ams(ams) == []
-    assert ams.count("POST", f"^/Conference/rest/v2/broadcasts/{room['id']}/stop") == 1
+    # Nobody was in it: AMS confirmed that, then the DELETE (which stops the room itself).
+    base = f"^/Conference/rest/v2/broadcasts/{room['id']}"
+    assert ams.count("GET", f"{base}/active-subtracks-count$") == 1
+    assert ams.count("DELETE", f"{base}$") == 1
     assert only_room(bot.env["DATABASE_URL"])["state"] == "revoked"
     wait_for(
         lambda: "has ended" in str(slack.dms_to(BOB)) and "has ended" in str(slack.messages("C1"))

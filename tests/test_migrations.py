@@ -44,20 +44,19 @@ def _slack_sdk_table(diff: object) -> bool:
 
 
 def test_head_names_the_newest_migration_and_a_current_schema_skips_alembic(tmp_path, monkeypatch):
-    """``bot.migrations.HEAD`` is the real head; at it, ``migrate`` never calls Alembic."""
+    """``bot.store.SCHEMA_HEAD`` is the real head; at it, ``migrate`` never calls Alembic."""
     from alembic.script import ScriptDirectory
 
-    from bot import migrations
-    from bot.store import alembic_config
+    from bot.store import SCHEMA_HEAD, alembic_config
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     store = Store(url)
     try:
         heads = ScriptDirectory.from_config(alembic_config(store.engine)).get_heads()
-        assert heads == [migrations.HEAD]
+        assert heads == [SCHEMA_HEAD]
         assert store.schema_revision() is None
         store.migrate()
-        assert store.schema_revision() == migrations.HEAD
+        assert store.schema_revision() == SCHEMA_HEAD
 
         def no_alembic(*_args, **_kwargs):
             raise AssertionError("Alembic ran on a current schema")

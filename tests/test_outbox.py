@@ -190,3 +190,73 @@ def test_a_post_held_for_its_slot_is_rendered_once_when_it_goes(store, slack):
         w.stop()
     assert sorted(card.rendered) == ids  # each once, though two waited for a slot
     assert slack.ratelimited_count == 0
+
+
+# -- when to look for an earlier post (conversations.history can be 1/min) -----------------
+def history_calls(slack) -> int:
+    return len(slack.calls_to("conversations.history"))
+
+
+def test_after_a_429_the_retry_posts_without_reading_history(store, worker, slack):
+    """A 429 is a definite "not posted": no reason to spend a history call."""
+    slack.fail("chat.postMessage", "ratelimited", channel=BOB, times=1, retry_after=1)
+    row_id = add_row(store, BOB)
+    drain(worker, store)
+    assert len(slack.dms_to(BOB)) == 1
+    assert history_calls(slack) == 0
+    (row,) = [r for r in _all(store) if r.id == row_id]
+    assert row.state == OutboxState.DONE and row.attempts == 2
+
+
+def test_after_a_timeout_the_retry_finds_the_post_that_landed_anyway(store, slack):
+    """Slack took the post but the answer came too late: the outcome was unknown."""
+    from tests.conftest import wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url, timeout=1)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w6", lease=1)
+    try:
+        row_id = add_row(store, BOB)
+        slack.latency = 1.5  # longer than the client's timeout; the post still lands
+        (row,) = store.claim_outbox("w6", at=now(), lease=1, limit=1)
+        w.send(row)
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1)
+        slack.latency = 0.0
+        (row,) = [r for r in _all(store) if r.id == row_id]
+        assert row.state == OutboxState.PENDING and row.settled_attempts == 0
+        drain(w, store)
+    finally:
+        w.stop()
+    assert len(slack.dms_to(BOB)) == 1  # found, not sent twice
+    assert history_calls(slack) == 1
+    (row,) = [r for r in _all(store) if r.id == row_id]
+    assert row.state == OutboxState.DONE and row.result_ts == slack.dms_to(BOB)[0]["ts"]
+
+
+def test_a_crash_between_claim_and_answer_counts_as_unknown(store, worker, slack):
+    """A worker died holding the row, before any answer: whoever takes it over looks
+    first; finding nothing, it posts."""
+    add_row(store, CAROL)
+    store.claim_outbox("dead", at=now(), lease=1, limit=1)
+    drain(worker, store)
+    assert history_calls(slack) == 1
+    assert len(slack.dms_to(CAROL)) == 1
+
+
+def test_rows_handed_back_at_a_clean_stop_need_no_history_check(store, slack):
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w7", lease=600
+    )
+    add_row(store, BOB)
+    store.claim_outbox("w7", at=now(), lease=600, limit=10)  # claimed, never started
+    w.stop()
+    (row,) = _all(store)
+    assert (row.attempts, row.settled_attempts) == (1, 1)
+    other = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w8", lease=1
+    )
+    try:
+        drain(other, store)
+    finally:
+        other.stop()
+    assert len(slack.dms_to(BOB)) == 1 and history_calls(slack) == 0

@@ -402,7 +402,8 @@ def test_a_retry_after_ams_created_the_room_makes_no_second_one(
                 next_attempt_at=0,
             )
         )
-    one.ams.create_room(room_id, "standup", t, t + 900, metadata=ams_marker(TEAM))
+    marker = ams_marker(TEAM, one.store.deployment_id())
+    one.ams.create_room(room_id, "standup", t, t + 900, metadata=marker)
     clock.set(t + FIRE_LEASE_S + 1)
     assert one.schedules.fire_due("live") == 1
     assert [b["streamId"] for b in rooms_on_ams(ams)] == [room_id]

@@ -78,7 +78,7 @@ def seed(rooms: Rooms, ams: AmsDouble) -> list[str]:
     ids = [f"sweeproom{i:02d}" for i in range(N_ROOMS)]
     for room_id in ids:
         AmsClient(ams.url, "Conference").create_room(
-            room_id, room_id, t - 600, t - 1, metadata=ams_marker(TEAM)
+            room_id, room_id, t - 600, t - 1, metadata=ams_marker(TEAM, rooms.deployment())
         )
     with rooms.store.write() as tx:
         for i, room_id in enumerate(ids):
@@ -189,3 +189,48 @@ def test_sweep_takes_a_persons_rooms_that_end_together_in_one_claim(
     claimed = rooms.store.claim_due_rooms("me", at=int(time.time()), lease=60, limit=6)
     owners = [r.owner_id for r in claimed]
     assert owners == sorted(owners) and len(set(owners)) == 2
+
+
+def test_an_end_ams_does_not_confirm_stays_due_refuses_links_and_is_finished_later(
+    rooms: Rooms, ams: AmsDouble
+) -> None:
+    """/meet end while AMS cannot say how many are still connected: nothing is
+    deleted behind connected people, the room becomes due now (the sweep keeps
+    trying), and AMS's checks refuse its links meanwhile."""
+    import jwt
+
+    from bot.rooms.access import PLAY, PUBLISH, Access
+    from bot.tokens import mint_join_token
+
+    ids = seed(rooms, ams)
+    room_id = ids[0]
+    t = int(time.time())
+    with rooms.store.write() as tx:  # a room still running for an hour
+        tx.get(Room, room_id).expires_at = t + 3600
+    live = jwt.encode({"streamId": room_id, "type": "publish", "exp": t + 600}, STREAM_SECRET)
+    for person in ("alice_0123456789", "bob_0123456789"):
+        assert ams.join(room_id, live, person)
+    ams.fail_next(20, status=500, path_regex=f"/broadcasts/{room_id}/active-subtracks-count$")
+
+    assert rooms.revoke(room_id, actor="UOWNER0000", reason="ended") is False
+    room = rooms.store.room(room_id)
+    assert room.state == RoomState.ACTIVE and room.attempts == 1 and room.lease_owner is None
+    assert room.expires_at <= int(time.time()) < room.next_attempt_at
+    assert room_id in ams.broadcasts  # never deleted while AMS could not confirm
+    grant = rooms.store.grants_of(room_id)[0]
+    secret = "a-stream-secret-for-this-check-0123456789"
+    token = mint_join_token(
+        room_id=room_id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
+    )
+    access = Access(rooms.store, StaticSecret(secret), rooms.streams)
+    for kind, stream in ((PUBLISH, "someone_0123456789"), (PLAY, room_id)):
+        decision = access.check(kind, stream, token)
+        assert not decision.allowed and decision.reason == "room has ended"
+
+    # Its backoff over, the sweep finishes it: everyone out, then the delete.
+    ams.clear_faults()
+    with rooms.store.write() as tx:
+        tx.get(Room, room_id).next_attempt_at = 0
+    assert Sweep(rooms).expired_rooms() >= 1
+    assert ams.connected(room_id) == [] and room_id not in ams.broadcasts
+    assert rooms.store.room(room_id).state == RoomState.REVOKED

@@ -18,6 +18,7 @@ Why it looks like this (see ``shared/docs/ams.md``):
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "AmsNotFound",
     "AmsProtocolError",
     "AmsRejected",
+    "AmsRestRefused",
     "AmsTimeout",
     "AmsUnavailable",
     "Observer",
@@ -113,22 +115,36 @@ class AmsInvalidId(AmsError):
     default_user_message = "The video server refused the room id. Please try again."
 
 
-class AmsIpFiltered(AmsError):
-    """403 ``Not allowed IP``: the app's IP filter does not list the bot's address."""
+class AmsRestRefused(AmsError):
+    """401/403 from the app's REST filters, when the page does not say which one refused.
+
+    AMS runs two filters on ``/rest/*``, the REST JWT filter first and the IP
+    filter second (StreamApp's ``web.xml``); each refuses with Tomcat's HTML
+    error page. The subclasses name the filter the page names.
+    """
+
+    kind = "rest_refused"
+    default_user_message = (
+        "The video server refuses to talk to this bot. An admin needs to fix its setup."
+    )
+
+
+class AmsIpFiltered(AmsRestRefused):
+    """403 ``Not allowed IP``: the app's IP filter does not list the bot's address.
+
+    The IP filter runs second, so the REST JWT (if the app wants one) passed.
+    """
 
     kind = "ip_filtered"
-    default_user_message = (
-        "The video server refuses to talk to this bot. An admin needs to fix its setup."
-    )
 
 
-class AmsBadRestJwt(AmsError):
-    """403 ``Invalid App JWT Token``: REST JWT missing, wrongly signed or expired."""
+class AmsBadRestJwt(AmsRestRefused):
+    """403 ``Invalid App JWT Token``: REST JWT missing, wrongly signed or expired.
+
+    The JWT filter runs first: the IP filter has not looked at the request yet.
+    """
 
     kind = "bad_rest_jwt"
-    default_user_message = (
-        "The video server refuses to talk to this bot. An admin needs to fix its setup."
-    )
 
 
 class AmsTimeout(AmsError):
@@ -206,12 +222,30 @@ def _mint_jwt(secret: str) -> str:
     return jwt.encode({"exp": int(time.time()) + CALL_JWT_LIFETIME}, secret, algorithm="HS256")
 
 
+#: Tomcat's error page (ErrorReportValve): ``<p><b>Message</b> Not allowed IP</p>``
+#: (Tomcat 8.0 wrote ``<b>message</b> <u>…</u>``: case and inner tags vary).
+_TOMCAT_MESSAGE = re.compile(r"<p>\s*<b>\s*message\s*</b>(.*?)</p>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+_STYLE = re.compile(r"<(style|script)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def _page_text(text: str) -> str:
+    """An HTML page's visible text, on one line (style and script blocks dropped)."""
+    return " ".join(html.unescape(_TAG.sub(" ", _STYLE.sub(" ", text))).split())
+
+
 def _result_message(resp: requests.Response) -> str:
-    """The ``message`` of a Result body, else a short excerpt of the body."""
+    """What AMS said: a Result's ``message``, the Message of Tomcat's HTML error page,
+    else the page's text (the whole body is read: the message comes after the
+    page's title and style sheet)."""
     try:
         data = resp.json()
     except ValueError:
-        return resp.text.strip()[:200]
+        text = resp.text
+        found = _TOMCAT_MESSAGE.search(text)
+        if found:
+            return _page_text(found.group(1))[:200]
+        return _page_text(text)[:200] if "<" in text else text.strip()[:200]
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return data["message"]
     return ""
@@ -529,6 +563,40 @@ class AmsClient:
                 raise AmsProtocolError(f"AMS answered GET {path} without an integer 'number'")
             return number
 
+    def active_subtracks(
+        self, room_id: str, offset: int = 0, size: int = MAX_PAGE_SIZE
+    ) -> list[dict[str, Any]]:
+        """The room's participant streams still broadcasting (AMS 3.0+
+        ``active-subtracks/{offset}/{size}``); AmsNotFound if no room.
+
+        AMS does not cap ``size`` here (unlike the list), so one page can hold
+        every participant of a room.
+        """
+        with self._http.observed("active_subtracks"):
+            path = (
+                f"/broadcasts/{self._path_id(room_id)}/active-subtracks/"
+                f"{max(0, int(offset))}/{max(1, int(size))}"
+            )
+            data = self._ok_json(self._send("GET", path), "GET", path)
+            if not isinstance(data, list) or not all(isinstance(b, dict) for b in data):
+                raise AmsProtocolError(f"AMS answered GET {path} without a list of Broadcasts")
+            return data
+
+    def stop_stream(self, stream_id: str) -> bool:
+        """Stop one participant's stream, which disconnects them (their publish).
+
+        ``stopSubtracks=false``: a stream id that turned out to be a room must
+        never take everybody in it down. False when AMS says it did not stop
+        (not live, or unknown: Community Edition answers ``success: false`` for
+        a stream that is not live).
+        """
+        with self._http.observed("stop_stream"):
+            path = f"/broadcasts/{self._path_id(stream_id)}/stop"
+            resp = self._send("POST", path, params={"stopSubtracks": "false"})
+            if resp.status_code == 404:
+                return False
+            return self._result_success(resp, "POST", path)
+
     def list_rooms(self, offset: int = 0, size: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
         """One page of AMS broadcasts, as AMS returns it (participant subtracks included)."""
         with self._http.observed("list_rooms"):
@@ -590,37 +658,57 @@ class AmsClient:
         return room_id
 
     def _raise_for_access(self, resp: requests.Response, method: str, path: str) -> None:
-        """Turn AMS's REST filter refusals into errors that say what to fix."""
+        """Turn AMS's REST filter refusals into errors that name the filter and the fix.
+
+        The two filters run in order, the REST JWT filter first, then the IP
+        filter; each answers with Tomcat's HTML page whose Message says which
+        one refused ("Invalid App JWT Token", "Not allowed IP").
+        """
         if resp.status_code not in (401, 403):
             return
         message = _result_message(resp)
         lowered = message.lower()
+        whole = lowered if "<" not in resp.text else _page_text(resp.text).lower()
         where = f"AMS refused {method} /{self.app}/rest/v2{path} with HTTP {resp.status_code}"
-        ip_hint = (
-            f"{where} ({message or 'Not allowed IP'}): the '{self.app}' application's IP "
-            "filter does not allow this bot's address. Add the bot's address to the app's "
-            "remoteAllowedCIDR (AMS panel > Applications > "
-            f"{self.app} > Settings), or turn the IP filter off (ipFilterEnabled) and "
-            "protect the REST API with a JWT instead (jwtControlEnabled, and set "
-            "AMS_REST_JWT_SECRET to the app's jwtSecretKey)."
+        if "not allowed ip" in lowered or "not allowed ip" in whole:
+            raise AmsIpFiltered(
+                f"{where} ({message or 'Not allowed IP'}): the '{self.app}' application's "
+                "IP filter, which runs after the REST JWT filter, does not allow this bot's "
+                "address"
+                + (" (the REST JWT was accepted)" if self._rest_jwt_secret else "")
+                + ". Add the bot's address to the app's remoteAllowedCIDR (AMS panel > "
+                f"Applications > {self.app} > Settings), or turn the IP filter off "
+                "(ipFilterEnabled) and protect the REST API with a JWT instead "
+                "(jwtControlEnabled, and set AMS_REST_JWT_SECRET to the app's jwtSecretKey).",
+                status=resp.status_code,
+            )
+        if "jwt" in lowered or "jwt" in whole:
+            after = (
+                " Once the JWT passes, the IP filter (it runs second) checks the bot's address too."
+            )
+            if self._rest_jwt_secret:
+                hint = (
+                    f"AMS_REST_JWT_SECRET does not match the '{self.app}' app's "
+                    "jwtSecretKey, or this machine's clock is off by more than a minute or two."
+                )
+            else:
+                hint = (
+                    f"the '{self.app}' app requires a REST JWT (jwtControlEnabled). Set "
+                    "AMS_REST_JWT_SECRET to the app's jwtSecretKey."
+                )
+            raise AmsBadRestJwt(
+                f"{where} ({message or 'Invalid App JWT Token'}): the REST JWT filter refused: "
+                f"{hint}{after}",
+                status=resp.status_code,
+            )
+        raise AmsRestRefused(
+            f"{where} ({message or 'no message'}): a REST filter refused, and the page does not "
+            f"say which. AMS checks the REST JWT first (jwtControlEnabled; meetbot "
+            f"{'sends' if self._rest_jwt_secret else 'sends no'} AMS_REST_JWT_SECRET), then "
+            f"the IP filter (ipFilterEnabled, remoteAllowedCIDR of the '{self.app}' app); "
+            "a proxy in front of AMS may refuse too.",
+            status=resp.status_code,
         )
-        if self._rest_jwt_secret:
-            jwt_hint = (
-                f"{where} ({message or 'Invalid App JWT Token'}): AMS_REST_JWT_SECRET does "
-                f"not match the '{self.app}' app's jwtSecretKey, or this machine's clock is "
-                "off by more than a minute or two."
-            )
-        else:
-            jwt_hint = (
-                f"{where} ({message or 'Invalid App JWT Token'}): the '{self.app}' app "
-                "requires a REST JWT (jwtControlEnabled). Set AMS_REST_JWT_SECRET to the "
-                "app's jwtSecretKey."
-            )
-        if "not allowed ip" in lowered:
-            raise AmsIpFiltered(ip_hint, status=resp.status_code)
-        if "jwt" in lowered or "token" in lowered or self._rest_jwt_secret:
-            raise AmsBadRestJwt(jwt_hint, status=resp.status_code)
-        raise AmsIpFiltered(ip_hint, status=resp.status_code)
 
     def _ok_json(self, resp: requests.Response, method: str, path: str) -> Any:
         """The JSON of a 2xx answer; 4xx become typed errors."""

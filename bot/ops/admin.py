@@ -688,7 +688,12 @@ def reconcile_now(as_json: bool) -> None:
     try:
         with _database_errors(settings):
             out = reconcile(
-                ops.store, ops.ams, ops.rooms.mark_vanished, now=int(_time.time()), progress=walk
+                ops.store,
+                ops.ams,
+                ops.rooms.mark_vanished,
+                now=int(_time.time()),
+                remove=ops.rooms.end_on_ams,
+                progress=walk,
             )
             sent, left = send_owed_edits(ops, out.vanished, progress=False)
     finally:

@@ -14,8 +14,9 @@ Rules every check follows:
 * No secret is ever part of a result. Secrets are compared through HMAC-SHA256
   fingerprints under a key drawn for this run and thrown away, so even the
   fingerprints mean nothing afterwards. The one exception is deliberate: the
-  ``webhookAuthenticateURL`` the operator must paste into AMS contains
-  ``MEETBOT_WEBHOOK_SECRET``, and is shown in that check's fix only.
+  webhook URL the operator must paste into AMS (``webhookAuthenticateURL`` and
+  ``webhookPlayAuthUrl``) contains ``MEETBOT_WEBHOOK_SECRET``, and is shown in
+  that check's fix only.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bot.ams.client import (
     AmsIpFiltered,
     AmsManagement,
     AmsNotFound,
+    AmsRestRefused,
     AmsTimeout,
     AmsUnavailable,
     is_enterprise,
@@ -260,6 +262,7 @@ def _database_checks(settings: Settings, timeout: float) -> tuple[Check, list[tu
             heads = set(script.get_heads())
             known = {rev.revision for rev in script.walk_revisions()}
             rotated = _rotated_secrets(conn, settings) if current == heads else []
+            deployment = _deployment_id(conn) if current == heads else None
     except Exception as e:
         message = redact(f"{type(e).__name__}: {e}".splitlines()[0], settings.secrets())
         return Check(
@@ -275,7 +278,20 @@ def _database_checks(settings: Settings, timeout: float) -> tuple[Check, list[tu
         ), []
     head = ", ".join(sorted(heads))
     if current == heads:
-        return Check("database", title, Status.OK, f"reachable, schema at {head} (head)"), rotated
+        identity = (
+            f"deployment {deployment}: the id in the marker of every room it makes on AMS; "
+            "reconciliation touches no room without it"
+            if deployment
+            else "no deployment id yet (`meetbot serve` or `meetbot db upgrade` makes it once)"
+        )
+        return Check(
+            "database",
+            title,
+            Status.OK,
+            f"reachable, schema at {head} (head)"
+            + (f", deployment {deployment}" if deployment else ""),
+            details=[identity],
+        ), rotated
     if not current:
         return Check(
             "database", title, Status.FAIL, "reachable, but has no meetbot tables", fix=upgrade
@@ -295,6 +311,15 @@ def _database_checks(settings: Settings, timeout: float) -> tuple[Check, list[tu
         f"schema at {', '.join(sorted(current))}, this meetbot needs {head}",
         fix=upgrade,
     ), []
+
+
+def _deployment_id(conn: Any) -> str | None:
+    """This deployment's identity (``Store.deployment_id``), read only."""
+    from sqlalchemy import select
+
+    from bot.store import DEPLOYMENT_KEY, Meta
+
+    return conn.execute(select(Meta.value).where(Meta.key == DEPLOYMENT_KEY)).scalar()
 
 
 def _rotated_secrets(conn: Any, settings: Settings) -> list[tuple[str, str]]:
@@ -538,20 +563,39 @@ def _ams_checks(settings: Settings, timeout: float, rotated: list[tuple[str, str
 
 
 def _rest_refusal(e: AmsError, settings: Settings) -> Check:
+    """AMS's two REST filters run in order, the REST JWT filter first, then the IP
+    filter; the page of a 403 names the one that refused."""
     if isinstance(e, AmsIpFiltered):
         return Check(
             "ams_rest",
             "AMS REST access",
             Status.FAIL,
-            "refused: HTTP 403 Not allowed IP",
-            fix=_ip_fix(settings.ams_app),
+            "refused by the IP filter: HTTP 403 Not allowed IP",
+            fix=_ip_fix(settings.ams_app)
+            + " (The REST JWT filter runs first and let the request through.)",
+        )
+    if isinstance(e, AmsBadRestJwt):
+        return Check(
+            "ams_rest",
+            "AMS REST access",
+            Status.FAIL,
+            "refused by the REST JWT filter: HTTP 403 Invalid App JWT Token",
+            fix=_jwt_fix(settings)
+            + " AMS checks the JWT before the IP filter: once the JWT passes, the IP filter "
+            "(remoteAllowedCIDR) may still refuse, and doctor will say so.",
         )
     return Check(
         "ams_rest",
         "AMS REST access",
         Status.FAIL,
-        "refused: HTTP 403 Invalid App JWT Token",
-        fix=_jwt_fix(settings),
+        f"refused with HTTP {e.status or 403}, by a filter the answer does not name",
+        fix=(
+            "AMS checks the REST JWT first (jwtControlEnabled; AMS_REST_JWT_SECRET must be "
+            f"the '{settings.ams_app}' app's jwtSecretKey), then the IP filter "
+            "(ipFilterEnabled; remoteAllowedCIDR must list this machine). A proxy in front "
+            "of AMS may refuse too."
+        ),
+        details=[str(e)[:300]],
     )
 
 
@@ -578,7 +622,7 @@ def _ams_checks_with(
             ),
             Check("ams_rest", "AMS checks", Status.SKIP, "not checked: AMS unreachable"),
         ]
-    except (AmsIpFiltered, AmsBadRestJwt) as e:
+    except AmsRestRefused as e:
         out.append(Check("ams", "AMS server", Status.OK, f"answers at {where}"))
         out.append(
             Check(
@@ -643,7 +687,7 @@ def _ams_checks_with(
                     "allowed (IP filter and REST JWT both pass)",
                 )
             )
-        except (AmsIpFiltered, AmsBadRestJwt) as e:
+        except AmsRestRefused as e:
             out.append(_rest_refusal(e, settings))
         except AmsError as e:
             out.append(
@@ -855,57 +899,81 @@ def _rooms_lock_check(a: Mapping[str, Any], settings: Settings) -> Check:
     )
 
 
+#: AppSettings fields that must name meetbot's /ams/auth/<secret>, and what each one does.
+WEBHOOK_FIELDS = (
+    (
+        "webhookAuthenticateURL",
+        "AMS lets every join and reconnect publish without asking meetbot: a removed person "
+        "rejoins with the link they have, and an ended room's links still publish, until "
+        "the token expires",
+    ),
+    (
+        "webhookPlayAuthUrl",
+        "AMS lets people watch and listen without asking meetbot: a removed person (or one "
+        "whose room ended) can still watch with their link until the token expires",
+    ),
+)
+
+
 def _webhook_check(a: Mapping[str, Any], settings: Settings) -> Check:
-    title = "AMS join webhook"
-    theirs = a.get("webhookAuthenticateURL") or ""
-    if settings.public_url and settings.webhook_secret:
-        expected = f"{settings.public_url}/ams/auth/{settings.webhook_secret}"
-        if isinstance(theirs, str) and hmac.compare_digest(
-            theirs.encode("utf-8"), expected.encode("utf-8")
-        ):
+    title = "AMS join webhooks"
+    theirs = {name: a.get(name) or "" for name, _ in WEBHOOK_FIELDS}
+    if settings.webhook_secret:
+        path = f"/ams/auth/{settings.webhook_secret}"
+        expected = f"{settings.public_url.rstrip('/')}{path}" if settings.public_url else None
+
+        def points_here(value: Any) -> bool:
+            if not isinstance(value, str):
+                return False
+            want = expected or path
+            have = value if expected else value[-len(path) :]
+            return hmac.compare_digest(have.encode("utf-8"), want.encode("utf-8"))
+
+        wrong = [name for name, _ in WEBHOOK_FIELDS if not points_here(theirs[name])]
+        if not wrong:
             return Check(
-                "ams_webhook", title, Status.OK, "webhookAuthenticateURL points at meetbot"
+                "ams_webhook",
+                title,
+                Status.OK,
+                "webhookAuthenticateURL and webhookPlayAuthUrl point at meetbot: a removed "
+                "person and an ended room's links are refused at join, reconnect and play",
             )
-        summary = (
-            "webhookAuthenticateURL is not set"
-            if not theirs
-            else "webhookAuthenticateURL points elsewhere (not shown: it may hold a secret)"
-        )
+        details = [
+            f"{name} {'is not set' if not theirs[name] else 'points elsewhere (not shown)'}: "
+            f"{meaning}"
+            for name, meaning in WEBHOOK_FIELDS
+            if name in wrong
+        ]
         # The one place MEETBOT_WEBHOOK_SECRET is shown: the operator must paste it into AMS.
+        url = expected or f"<this bot's public address>{path}"
         return Check(
             "ams_webhook",
             title,
             Status.WARN,
-            summary,
+            " and ".join(wrong) + " not pointing at meetbot",
             fix=(
                 f"AMS panel → Applications → {settings.ams_app} → Settings: set "
-                f"webhookAuthenticateURL to:\n{expected}"
+                f"{' and '.join(wrong)} to:\n{url}"
+                + ("" if expected else "\n(set MEETBOT_PUBLIC_URL to see the exact address)")
             ),
+            details=details,
         )
-    if theirs:
+    if any(theirs.values()):
         return Check(
             "ams_webhook",
             title,
             Status.WARN,
-            "AMS sends every join to a webhook meetbot does not serve "
-            "(MEETBOT_PUBLIC_URL and MEETBOT_WEBHOOK_SECRET are not both set)",
+            "AMS sends joins to a webhook, but MEETBOT_WEBHOOK_SECRET is not set, so meetbot "
+            "serves none",
             fix=(
-                "If that webhook was meetbot's, set MEETBOT_PUBLIC_URL and "
-                "MEETBOT_WEBHOOK_SECRET to match it; otherwise nothing to do."
+                "If that webhook was meetbot's, set MEETBOT_WEBHOOK_SECRET to match it; "
+                "otherwise nothing to do."
             ),
-        )
-    half = settings.public_url or settings.webhook_secret
-    if half:
-        return Check(
-            "ams_webhook",
-            title,
-            Status.WARN,
-            "off; only one of MEETBOT_PUBLIC_URL and MEETBOT_WEBHOOK_SECRET is set",
-            fix="Set both to let AMS ask meetbot before each join (optional).",
         )
     return Check(
         "ams_webhook",
         title,
         Status.OK,
-        "not used (optional; needs MEETBOT_PUBLIC_URL and MEETBOT_WEBHOOK_SECRET)",
+        "not used: a removed person's link, and an ended room's, work until the token "
+        "expires (optional; needs MEETBOT_WEBHOOK_SECRET)",
     )

@@ -19,14 +19,16 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsNotFound
+from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsInvalidId, AmsNotFound
 from bot.ams.marker import ams_marker, is_ours
 from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
+from bot.rooms.access import PLAY, PUBLISH, seen_recently
 from bot.rooms.links import Links
 from bot.rooms.replies import Replies
+from bot.rooms.streams import Streams
 from bot.slack import messages
 from bot.slack.calls import SlackCalls
 from bot.slack.gateway import SlackGateway, UnknownUser, UserInfo, acting_for
@@ -43,6 +45,18 @@ MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
 #: users.info calls in flight for one room's people: a 30-person standup is
 #: resolved in one Slack round trip, not four (Tier 4 takes such a burst).
 LOOKUP_THREADS = 32
+#: An end counts AMS's live participants after stopping them, up to this many times.
+CONFIRM_ATTEMPTS = 3
+CONFIRM_PAUSE_S = 0.25  # before counting again, times the attempt: a stop takes a moment
+SUBTRACK_PAGE_MARGIN = 50  # participants who may join between the count and the list
+
+
+@dataclass
+class Stopped:
+    """What AMS said to the stops of one person's streams."""
+
+    stopped: int = 0  # AMS stopped them: the person was disconnected
+    failed: int = 0  # AMS did not answer: they may still be connected
 
 
 class RoomError(Exception):
@@ -88,11 +102,13 @@ class Rooms:
         *,
         owner: str,
         clock: Callable[[], float] = time.time,
+        streams: Streams | None = None,
         calls: SlackCalls | None = None,
         on_change: Callable[[str, list[str]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        """``owner`` names this process in leases; ``calls`` registers rooms as Slack
+        """``owner`` names this process in leases; ``streams`` knows whose streams AMS
+        carries (what a kick and an end stop); ``calls`` registers rooms as Slack
         Calls; ``on_change(team, users)`` hears whose view of rooms changed (the App
         Home); ``on_event(name)`` counts "created", "revoked" and "failed" (metrics)."""
         self.settings = settings
@@ -104,6 +120,7 @@ class Rooms:
         self.outbox = outbox
         self.owner = owner
         self.clock = clock
+        self.streams = streams or Streams(store)
         self.calls = calls
         self.on_change = on_change
         self.on_event = on_event
@@ -217,7 +234,7 @@ class Rooms:
                     messages.topic_or_default(req.topic),
                     start,
                     room.expires_at,
-                    metadata=ams_marker(req.team_id),
+                    metadata=ams_marker(req.team_id, self.deployment()),
                 )
                 break
             except AmsIdTaken:
@@ -241,11 +258,17 @@ class Rooms:
         return self._activate(room, req, people)
 
     def _ours_on_ams(self, room_id: str) -> bool:
-        """Whether the broadcast ``room_id`` on AMS carries this bot's marker."""
+        """Whether the broadcast ``room_id`` on AMS carries this deployment's marker."""
         try:
-            return is_ours(self.ams.get_room(room_id))
+            return is_ours(self.ams.get_room(room_id), self.deployment())
         except AmsError:
             return False
+
+    def deployment(self) -> str:
+        """This deployment's identity (``Store.deployment_id``), which marks its rooms on AMS."""
+        value = self.store.deployment_id()
+        assert value is not None
+        return value
 
     def mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
         """Record a room that never opened.
@@ -534,23 +557,64 @@ class Rooms:
 
     def _revoke_claimed(self, room_id: str, *, actor: str, reason: str) -> bool:
         try:
-            self.end_on_ams(room_id)
+            self.end_on_ams(room_id, self.streams.of_rooms([room_id]).get(room_id, ()))
         except AmsError as e:
             self._revoke_failed(room_id, e)
             return False
         return self._mark_revoked(room_id, actor=actor, reason=reason)
 
-    def end_on_ams(self, room_id: str) -> None:
-        """Stop and delete the room on AMS; returns once AMS confirmed it gone.
+    def end_on_ams(self, room_id: str, streams: Sequence[str] = ()) -> None:
+        """Disconnect everyone in the room, confirm it, then delete it on AMS.
+
+        ``streams``: the participant streams the publish webhook recorded for the
+        room and no hook said had ended (``Streams.of_rooms``), each stopped by
+        id. Then AMS's ``active-subtracks-count`` must say 0 (or the room is gone,
+        404). While it does not, the room is stopped (Enterprise stops its
+        participants; Community Edition ignores ``stopSubtracks``), each stream
+        AMS lists as active is stopped by id (that works on both), and it is
+        counted again. Only then the room is deleted: a Community-Edition DELETE
+        removes the records and leaves the people connected. The DELETE stops the
+        room itself first (``deleteSubtracks`` defaults to true), so a room
+        nobody is in costs two calls, a count and a delete, plus one per recorded
+        stream.
 
         The AMS half of a revoke, and all the sweep's AMS threads do: no
-        database, no hooks. Raises ``AmsError`` when AMS did not confirm.
+        database, no hooks. Raises ``AmsError`` when AMS did not confirm; the
+        room then stays due and is tried again.
         """
-        try:
-            self.ams.stop_room(room_id)
-        except AmsNotFound:
-            pass
+        for stream_id in streams:
+            self._stop_stream(stream_id)
+        for attempt in range(1, CONFIRM_ATTEMPTS + 1):
+            try:
+                live = self.ams.participant_count(room_id)
+            except AmsNotFound:
+                break  # gone; or AMS's datastore failed the read: the delete settles both
+            if live == 0:
+                break
+            if attempt == CONFIRM_ATTEMPTS:
+                raise AmsError(
+                    f"AMS still counts {live} live participant(s) in room {room_id} after "
+                    f"stopping them {attempt - 1} times; the room stays due and is tried again",
+                    user_message="The video server did not disconnect everyone.",
+                )
+            try:
+                self.ams.stop_room(room_id)
+                tracks = self.ams.active_subtracks(room_id, 0, live + SUBTRACK_PAGE_MARGIN)
+            except AmsNotFound:
+                break
+            for track in tracks:
+                stream_id = track.get("streamId")
+                if isinstance(stream_id, str) and stream_id and stream_id != room_id:
+                    self._stop_stream(stream_id)
+            time.sleep(CONFIRM_PAUSE_S * attempt)
         self.ams.delete_room(room_id)  # False: already gone, which is what we want
+
+    def _stop_stream(self, stream_id: str) -> bool:
+        """Stop one participant stream; False when AMS says it was not live (or is unknown)."""
+        try:
+            return self.ams.stop_stream(stream_id)
+        except (AmsNotFound, AmsInvalidId):
+            return False
 
     def _mark_revoked(self, room_id: str, *, actor: str, reason: str) -> bool:
         """The database half of a revoke: state, grants, and the edits owed."""
@@ -666,11 +730,16 @@ class Rooms:
         )
 
     def _revoke_failed(self, room_id: str, e: Exception) -> None:
-        self.record_revoke_failed([(room_id, e)])
+        # Someone ended it (or the app left the workspace): it is due now, whatever
+        # its planned end, so the sweep keeps trying and AMS's checks refuse its links.
+        self.record_revoke_failed([(room_id, e)], due_now=True)
 
-    def record_revoke_failed(self, failures: Sequence[tuple[str, Exception]]) -> None:
+    def record_revoke_failed(
+        self, failures: Sequence[tuple[str, Exception]], *, due_now: bool = False
+    ) -> None:
         """Rooms AMS did not confirm gone: each stays due, with its backoff, in one
-        transaction; the lease goes, so a later sweep (or replica) retries them."""
+        transaction; the lease goes, so a later sweep (or replica) retries them.
+        ``due_now``: the room's end moves to now (an explicit end, not an expiry)."""
         if not failures:
             return
         for room_id, e in failures:
@@ -680,6 +749,8 @@ class Rooms:
             ids = [room_id for room_id, _ in failures]
             for i in range(0, len(ids), MARK_CHUNK):
                 for room in tx.scalars(select(Room).where(Room.id.in_(ids[i : i + MARK_CHUNK]))):
+                    if due_now and room.expires_at > t:
+                        room.expires_at = t
                     room.attempts = (room.attempts or 0) + 1
                     room.next_attempt_at = t + min(15 * 2 ** (room.attempts - 1), 600)
                     room.lease_owner = None
@@ -788,6 +859,7 @@ class Rooms:
         t = self.now()
         refusal = None
         had_link = False
+        grant_id: int | None = None
         topic, expires_at = "", t
         with self.store.write() as tx:
             room = tx.get(Room, room_id)
@@ -827,6 +899,7 @@ class Rooms:
                     )
                 else:
                     had_link = True
+                    grant_id = grant.id
                     grant.revoked_at = t
                     if grant.dm_ts:
                         tx.add(self._dm_edit(room, grant, "kicked"))
@@ -840,7 +913,11 @@ class Rooms:
             return False
         log.info("room %s: %s removed %s", room_id, user_id, target_id)
         self.outbox.kick()
+        stopped = self._stop_streams_of(grant_id) if grant_id is not None else Stopped()
+        if self.calls is not None:
+            self.calls.participant(room_id, target_id, joined=False)
         self.room_changed(room_id)
+        webhook = bool(self.settings.webhook_secret)
         self.replies.tell(
             response_url,
             messages.kick_reply(
@@ -848,11 +925,32 @@ class Rooms:
                 topic=topic,
                 room_id=room_id,
                 had_link=had_link,
-                webhook=bool(self.settings.webhook_secret),
+                webhook=webhook,
                 token_exp=expires_at + self.settings.token_grace,
+                stopped=stopped.stopped,
+                not_stopped=stopped.failed,
+                publish_checked=webhook and seen_recently(self.store, PUBLISH, t),
+                play_checked=webhook and seen_recently(self.store, PLAY, t),
             ),
         )
         return True
+
+    def _stop_streams_of(self, grant_id: int) -> Stopped:
+        """Stop, on AMS, the streams the publish webhook recorded for one grant.
+
+        Stopping a participant's own stream closes their connection (both
+        editions); when their client reconnects, the publish and play checks
+        refuse the revoked grant. Nobody else's stream is touched.
+        """
+        out = Stopped()
+        for stream_id in self.streams.of_grant(grant_id):
+            try:
+                if self._stop_stream(stream_id):
+                    out.stopped += 1
+            except AmsError as e:
+                log.warning("could not stop a stream of a removed person: %s", e)
+                out.failed += 1
+        return out
 
     def reissue_links(self, version: int | None) -> int:
         """After a secret rotation, edit every active room's DMs with links that work.

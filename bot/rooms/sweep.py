@@ -44,8 +44,9 @@ class Sweep:
         """Revoke every room past its end that nobody else is revoking.
 
         Rooms are claimed in small batches (a lease each, see
-        ``Store.claim_due_rooms``) and stopped and deleted on AMS
-        ``ams_concurrency`` at a time. The next batch is claimed while a pool's
+        ``Store.claim_due_rooms``) and ended on AMS (``Rooms.end_on_ams``: their
+        participants stopped, confirmed, the room deleted) ``ams_concurrency`` at
+        a time. The next batch is claimed while a pool's
         worth of work is still queued, so AMS is never left idle waiting for a
         batch's slowest room. The AMS threads only call AMS; this thread records
         the rooms AMS confirmed gone in bulk (``Rooms.record_revoked``: one
@@ -76,8 +77,11 @@ class Sweep:
                 )
                 budget -= len(claimed)
                 more = len(claimed) == batch
+                # The streams the publish webhook recorded, for the whole batch in one query.
+                recorded = self.rooms.streams.of_rooms([r.id for r in claimed]) if claimed else {}
                 for room in claimed:
-                    running[pool.submit(self.rooms.end_on_ams, room.id)] = room.id
+                    streams = recorded.get(room.id, ())
+                    running[pool.submit(self.rooms.end_on_ams, room.id, streams)] = room.id
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -13,9 +13,12 @@ different guarantee.
   ``{MEETBOT_PUBLIC_URL}/join/room/<id>``, where ``bot/web/call_join.py`` signs
   the person in with Slack and sends them to their own link.
 * **Who is in the call.** AMS's ``listenerHookURL`` (``bot/web/ams_hook.py``)
-  says who started or stopped publishing; Slack hears it one event at a time,
-  in arrival order, off the request thread, because AMS gives up on a hook
-  after 2 s.
+  says who started or stopped publishing. Hooks come in no particular order,
+  so the event itself only says *whom* to look at: when its turn comes on the
+  Calls thread (off the request thread: AMS gives up on a hook after 2 s), the
+  person is shown in the Call if any of their streams is live as the database
+  holds it now (``is_live``, kept in AMS's timestamp order by
+  ``bot.rooms.streams``), and Slack is told only what changed.
 * **Ending.** When a room is revoked its Call is ended after the revoke's
   transaction; the sweep retries a ``calls.end`` that did not happen (Slack
   down, process killed) for an hour, so a Call does not stay "live" in Slack
@@ -45,8 +48,10 @@ CALL_JOIN_PREFIX = "/join/room/"
 END_RETRY_WINDOW_S = 3600  # the sweep retries a calls.end for this long
 END_RETRY_AFTER_S = 30  # ... leaving the immediate attempt this much time first
 MAX_INLINE_RETRY_AFTER_S = 5  # a 429 asking for longer than this is not waited out
-# calls.end answers after which trying again cannot help.
-_END_FINAL = frozenset({"not_found", "invalid_arguments", "already_ended"})
+# calls.end answers after which trying again cannot help: Slack does not know the
+# Call (invalid_call_id), or the request is wrong. An ended Call answers ok: true
+# with "inactive_call", which is success (slack_sdk raises nothing).
+_END_FINAL = frozenset({"invalid_call_id", "not_found", "invalid_arguments", "already_ended"})
 
 
 def join_url(settings: Settings, room_id: str) -> str:
@@ -65,13 +70,19 @@ class SlackCalls:
         slack: SlackGateway,
         *,
         clock: Callable[[], float] = time.time,
+        is_live: Callable[[str, str], bool] | None = None,
     ) -> None:
+        """``is_live(room, user)``: whether one of the person's streams in the room is
+        live now (``bot.rooms.streams.Streams.is_live``); without it, each event is
+        taken as it comes."""
         self.settings = settings
         self.store = store
         self.slack = slack
         self.clock = clock
-        # One thread: stream events reach Slack in the order AMS sent them.
+        self.is_live = is_live
+        # One thread: the Call's participants change one at a time.
         self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calls")
+        self._told: dict[tuple[str, str], bool] = {}  # (room, user) -> shown in the Call
 
     @classmethod
     def when_enabled(
@@ -81,6 +92,7 @@ class SlackCalls:
         slack: SlackGateway,
         *,
         clock: Callable[[], float] = time.time,
+        is_live: Callable[[str, str], bool] | None = None,
     ) -> SlackCalls | None:
         """The Calls service when MEETBOT_SLACK_CALLS is on; None when it is off."""
         if not settings.slack_calls:
@@ -90,7 +102,7 @@ class SlackCalls:
                 "MEETBOT_SLACK_CALLS is on without MEETBOT_WEBHOOK_SECRET: Calls will not "
                 "show who is in them (AMS's listenerHookURL needs /ams/hook/<secret>)"
             )
-        return cls(settings, store, slack, clock=clock)
+        return cls(settings, store, slack, clock=clock, is_live=is_live)
 
     def close(self) -> None:
         """Finish the Slack call in flight; queued events are dropped (best effort)."""
@@ -154,6 +166,7 @@ class SlackCalls:
         """A room was revoked: end its Call, off the caller's thread."""
         if room.slack_call_id and room.slack_call_ended_at is None:
             self._events.submit(self._end_call, room.id)
+            self._events.submit(self._forget, room.id)  # on the thread that owns ``_told``
 
     def sweep(self) -> int:
         """End Calls whose room ended but whose ``calls.end`` did not happen (yet).
@@ -200,14 +213,17 @@ class SlackCalls:
 
     # -- participants (AMS listenerHookURL) ------------------------------------------
     def participant(self, room_id: str, user_id: str, *, joined: bool) -> None:
-        """Add or remove one person from the room's Call, later, in arrival order."""
+        """One of the person's streams started (``joined``) or ended: bring the Call up
+        to date with them, later, on the Calls thread."""
         self._events.submit(self._participant, room_id, user_id, joined)
 
     def _participant(self, room_id: str, user_id: str, joined: bool) -> None:
         room = self.store.room(room_id)
         if room is None or not room.slack_call_id or room.state != RoomState.ACTIVE:
+            self._forget(room_id)
             return
-        if joined:
+        shown = self.is_live(room_id, user_id) if self.is_live is not None else joined
+        if shown:
             with self.store.read() as s:
                 grant = s.scalar(
                     select(Grant.id).where(
@@ -217,19 +233,29 @@ class SlackCalls:
                     )
                 )
             if grant is None:  # removed from the room meanwhile: not shown as in the Call
-                return
+                shown = False
+        if self._told.get((room_id, user_id)) == shown:
+            return  # Slack already shows it so (a second device, a screen share)
         call_id = room.slack_call_id
         try:
             with acting_for(room.team_id, room.enterprise_id):
                 self._with_retry(
-                    lambda: self.slack.call_participants(call_id, [user_id], joined=joined)
+                    lambda: self.slack.call_participants(call_id, [user_id], joined=shown)
                 )
         except SlackSendError as e:
             log.warning(
                 "calls.participants.%s for room %s failed: %s",
-                "add" if joined else "remove",
+                "add" if shown else "remove",
                 room_id,
                 e.error,
             )
+            return
         except Exception:
             log.exception("calls.participants update for room %s failed", room_id)
+            return
+        self._told[(room_id, user_id)] = shown
+
+    def _forget(self, room_id: str) -> None:
+        """Drop what Slack was told about a room's people (Calls thread only)."""
+        for key in [k for k in self._told if k[0] == room_id]:
+            del self._told[key]

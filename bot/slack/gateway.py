@@ -58,17 +58,28 @@ PERMANENT_ERRORS = frozenset(
 
 
 class SlackSendError(Exception):
-    """A Slack write that did not happen.
+    """A Slack write that did not happen, as far as the bot can tell.
 
     ``retry_after`` is set for a 429 (seconds Slack asked us to wait);
-    ``permanent`` is True when retrying cannot help.
+    ``permanent`` is True when retrying cannot help. ``unknown`` is True when
+    Slack gave no definite answer (a timeout, a dropped connection, a 5xx from
+    its edge): the write may have happened after all. A 429 or an ``ok: false``
+    answer is definite: nothing was written.
     """
 
-    def __init__(self, error: str, *, permanent: bool, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        *,
+        permanent: bool,
+        retry_after: int | None = None,
+        unknown: bool = False,
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.permanent = permanent
         self.retry_after = retry_after
+        self.unknown = unknown
 
 
 @dataclass(frozen=True)
@@ -412,8 +423,8 @@ class SlackGateway:
                 raise SlackSendError("ratelimited", permanent=False, retry_after=retry_after) from e
             error = e.response.get("error") if isinstance(e.response.data, dict) else None
             if status >= 500 or not error:
-                raise SlackSendError(f"http_{status}", permanent=False) from e
+                raise SlackSendError(f"http_{status}", permanent=False, unknown=True) from e
             raise SlackSendError(error, permanent=error in PERMANENT_ERRORS) from e
         except (OSError, ValueError) as e:
             # URLError, timeouts, resets, and a non-JSON body from Slack's edge.
-            raise SlackSendError(type(e).__name__, permanent=False) from e
+            raise SlackSendError(type(e).__name__, permanent=False, unknown=True) from e

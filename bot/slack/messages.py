@@ -205,23 +205,55 @@ def kick_reply(
     had_link: bool,
     webhook: bool,
     token_exp: int,
+    stopped: int = 0,
+    not_stopped: int = 0,
+    publish_checked: bool = False,
+    play_checked: bool = False,
 ) -> str:
-    """What the owner is told after a kick: honest about what AMS will still accept."""
+    """What the owner is told after a kick: what happened on AMS, and what AMS will
+    still accept, no more.
+
+    ``stopped``/``not_stopped``: their streams AMS stopped / did not answer about.
+    ``publish_checked``/``play_checked``: AMS has lately asked this bot before a
+    publish / a play (its webhooks reach us), so it will refuse their token there.
+    """
     title = escape(topic_or_default(topic))
     if not had_link:
-        head = f"<@{target_id}> had no link to *{title}*; now they can't get one."
-    else:
-        head = f"Removed <@{target_id}> from *{title}* and withdrew the link I sent them."
-    if webhook:
-        return (
-            f"{head} The video server will refuse their next join or reconnect; "
-            "everyone else stays in the room."
+        return f"<@{target_id}> had no link to *{title}*; now they can't get one."
+    parts = [f"Removed <@{target_id}> from *{title}* and withdrew the link I sent them."]
+    if stopped:
+        streams = "stream" if stopped == 1 else f"{stopped} streams"
+        parts.append(f"I stopped their {streams} on the video server, which disconnected them.")
+    if not_stopped:
+        parts.append(
+            f":warning: The video server didn't answer when I tried to stop {not_stopped} of "
+            "their streams: they may still be connected until their next reconnect."
         )
-    if not had_link:
-        return head
-    return (
-        f"{head}\n:warning: `MEETBOT_WEBHOOK_SECRET` is not set, so the link they already "
-        f"have keeps working until it expires ({when(token_exp)}) unless AMS's "
-        "authorization webhook is configured. To shut them out now, end the room with "
-        f"`/meet end {room_id}` and open a new one."
-    )
+    until = when(token_exp)
+    if not webhook:
+        parts.append(
+            ":warning: `MEETBOT_WEBHOOK_SECRET` is not set, so the video server doesn't ask me "
+            f"before anyone joins: the link they already have keeps working until it expires "
+            f"({until}). To shut them out now, end the room with `/meet end {room_id}` and "
+            "open a new one."
+        )
+    elif publish_checked and play_checked:
+        parts.append(
+            "The video server asks me before every join, reconnect and viewing: it will "
+            "refuse their next join or reconnect, to speak and to watch. Everyone else stays "
+            "in the room."
+        )
+    elif publish_checked:
+        parts.append(
+            "The video server will refuse their next join or reconnect (camera and "
+            "microphone); everyone else stays in the room.\n:warning: It doesn't ask me "
+            "before someone watches (`webhookPlayAuthUrl` is not set), so with the link they "
+            f"have they can still watch and listen until {until}."
+        )
+    else:
+        parts.append(
+            ":warning: The video server hasn't asked me about any join lately. Unless its "
+            "`webhookAuthenticateURL` and `webhookPlayAuthUrl` point at me (`meetbot doctor` "
+            f"checks them), the link they have keeps working until it expires ({until})."
+        )
+    return " ".join(parts[:-1]) + "\n" + parts[-1]  # what happened; then what AMS will do

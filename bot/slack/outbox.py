@@ -98,6 +98,8 @@ class OutboxWorker:
         # Paced posts waiting for their slot, off the worker threads:
         # (due, row id, row, its reserved slot).
         self._held: list[tuple[float, int, Outbox, Slot]] = []
+        self._sending: set[int] = set()  # rows whose Slack call began, outcome not recorded
+        self._sending_lock = threading.Lock()
         self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
         self._watch_lock = threading.Lock()
@@ -116,8 +118,11 @@ class OutboxWorker:
         if self._thread:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        # Rows we claimed but never started go back at once, not after the lease.
-        released = self.store.release_outbox(self.owner)
+        # Rows we claimed but never started go back at once, not after the lease;
+        # a send that began and never recorded its outcome stays unsure.
+        with self._sending_lock:
+            unsure = sorted(self._sending)
+        released = self.store.release_outbox(self.owner, unsure=unsure)
         if released:
             log.info("handed back %d unsent messages", released)
 
@@ -233,18 +238,24 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        if row.kind == "dm_link" and row.attempts > 1 and held is None:
-            # An earlier attempt may have been posted by a process that died
-            # before recording it: look before sending again.
+        if row.kind == "dm_link" and row.attempts - 1 > (row.settled_attempts or 0):
+            # An earlier attempt's outcome is unknown (a timeout, a dropped
+            # connection, a process that died between its claim and Slack's
+            # answer): it may have posted. Look before sending again. Never after
+            # a definite answer such as a 429: conversations.history can be
+            # limited to one call a minute.
             try:
                 found = self.slack.find_posted(row.channel, row.id)
             except SlackSendError as e:
-                self._failed(row, e)
+                self._failed(row, e, posted=False)
                 return
             if found is not None:
                 self._finish(row, OutboxState.DONE, channel=found[0], ts=found[1])
                 self._result(row.kind, "recovered")
                 return
+            row.settled_attempts = row.attempts - 1  # none of them posted, now we know
+        with self._sending_lock:
+            self._sending.add(row.id)  # until the outcome is recorded: see stop()
         try:
             if rendered.edit_ts:
                 channel, ts = self.slack.update(
@@ -296,7 +307,10 @@ class OutboxWorker:
             time.sleep(wait)
         return slot
 
-    def _failed(self, row: Outbox, e: SlackSendError) -> None:
+    def _failed(self, row: Outbox, e: SlackSendError, *, posted: bool = True) -> None:
+        """``posted``: the failed call was the post itself (not the history check), so
+        an unknown outcome leaves this attempt unsettled."""
+        unknown = posted and e.unknown
         if e.retry_after is not None:
             if row.kind in NEW_POST_KINDS:
                 self.pacer.pause(row.team_id, row.channel, e.retry_after)
@@ -304,7 +318,7 @@ class OutboxWorker:
                 "slack rate-limited %s to %s; retry in %ss", row.kind, row.channel, e.retry_after
             )
             self._result(row.kind, "ratelimited")
-            self._retry(row, e.retry_after, e.error)
+            self._retry(row, e.retry_after, e.error, unknown=unknown)
         elif e.permanent or row.attempts >= MAX_ATTEMPTS:
             log.warning("giving up on %s to %s: %s", row.kind, row.channel, e.error)
             self._result(row.kind, "failed")
@@ -313,19 +327,33 @@ class OutboxWorker:
             delay = min(2**row.attempts, 300)
             log.info("slack error %s on %s; retry in %ss", e.error, row.kind, delay)
             self._result(row.kind, "retry")
-            self._retry(row, delay, e.error)
+            self._retry(row, delay, e.error, unknown=unknown)
 
-    def _retry(self, row: Outbox, delay: int, error: str) -> None:
-        self._retry_at(row, now() + delay, error)
+    def _retry(self, row: Outbox, delay: int, error: str, *, unknown: bool = False) -> None:
+        self._retry_at(row, now() + delay, error, unknown=unknown)
 
-    def _retry_at(self, row: Outbox, at: int, error: str) -> None:
-        """Back to the database, due again at unix second ``at``."""
+    def _retry_at(self, row: Outbox, at: int, error: str, *, unknown: bool = False) -> None:
+        """Back to the database, due again at unix second ``at``.
+
+        ``unknown``: this attempt may have posted; otherwise its outcome is known
+        (Slack answered, or nothing was sent) and counts as settled.
+        """
+        settled = (row.settled_attempts or 0) + (0 if unknown else 1)
         self.store.finish_outbox(
-            row.id, self.owner, state=OutboxState.PENDING, error=error, retry_at=at
+            row.id,
+            self.owner,
+            state=OutboxState.PENDING,
+            error=error,
+            retry_at=at,
+            settled=settled,
         )
+        with self._sending_lock:
+            self._sending.discard(row.id)
 
     def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
         self.store.finish_outbox(row.id, self.owner, state=state, **kw)
+        with self._sending_lock:
+            self._sending.discard(row.id)
         if row.room_id:
             self._check_watch(row.room_id)
 

@@ -1,9 +1,11 @@
-"""``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: AMS's authorization webhook.
+"""``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: AMS's two authorization webhooks.
 
-AMS (``webhookAuthenticateURL``) POSTs every publish to this URL and lets it
-through only on HTTP 200; the decision is ``bot.rooms.access.authorize``. It
-sits on AMS's join path with a 5 s read timeout, and AMS makes every other join
-of the application wait behind it, so it answers at once. Its URL carries
+The one URL serves both settings: ``webhookAuthenticateURL`` (the publish
+check, every join and reconnect) and ``webhookPlayAuthUrl`` (the play check,
+``mode: "play"``). AMS lets a publish or a play through only on HTTP 200; the
+decision is ``bot.rooms.access.Access``. It sits on AMS's join path with a 5 s
+read timeout, and AMS makes every other publish of the application wait behind
+a publish check, so it answers at once. Its URL carries
 ``MEETBOT_WEBHOOK_SECRET`` because AMS sends no credentials of its own; the
 path is compared in constant time and a wrong one is indistinguishable from an
 unknown route (404). Tokens arrive in the body and are never logged.
@@ -17,15 +19,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
-from bot.rooms.access import authorize
-from bot.store import Store
+from bot.rooms.access import PLAY, PUBLISH, Access
 from bot.web.responses import json_response, path_secret_ok, read_body
 
 __all__ = ["WEBHOOK_PREFIX", "AmsAuth"]
 
-log = logging.getLogger("meetbot.revocation")
+log = logging.getLogger("meetbot.access")
 
 WEBHOOK_PREFIX = "/ams/auth/"
 MAX_WEBHOOK_BODY = 64 * 1024  # AMS's JSON is a few hundred bytes
@@ -34,21 +34,19 @@ _OUTCOMES = {"200": "allowed", "403": "refused", "503": "error"}
 
 
 class AmsAuth:
-    """Answers AMS's question "may this token publish?" for every join."""
+    """Answers AMS's questions "may this token publish this stream?" and "... play this room?"."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
-        secrets: SecretSource,
+        access: Access,
         *,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         """``observe(outcome, seconds)`` hears how long each answer took (metrics):
         AMS's joins waited that long."""
         self.settings = settings
-        self.store = store
-        self.secrets = secrets
+        self.access = access
         self.observe = observe
 
     def __call__(
@@ -70,12 +68,12 @@ class AmsAuth:
     def _answer(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        """``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: 200 lets the join through, 403 refuses.
+        """``POST /ams/auth/<MEETBOT_WEBHOOK_SECRET>``: 200 lets it through, 403 refuses.
 
         404 for a wrong (or unconfigured) path secret, 405 for other methods, 400
-        for a body that is not AMS's JSON (an object with string ``streamId`` and
-        ``token``). Anything unexpected refuses (503): AMS then keeps the person
-        out, which is the safe side.
+        for a body that is not AMS's JSON (an object with a string ``streamId``).
+        No token (AMS leaves out null fields) is a refusal. Anything unexpected
+        refuses (503): AMS then keeps the person out, which is the safe side.
         """
         given = environ.get("PATH_INFO", "")[len(WEBHOOK_PREFIX) :]
         if not path_secret_ok(given, self.settings.webhook_secret):
@@ -85,24 +83,33 @@ class AmsAuth:
         raw = read_body(environ, MAX_WEBHOOK_BODY)
         if raw is None:
             return json_response(start_response, "400 Bad Request", {"error": "bad body length"})
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            body = None
+        body = _parse(raw)
         stream_id = body.get("streamId") if isinstance(body, dict) else None
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(stream_id, str) or not stream_id or not isinstance(token, str):
+        if not isinstance(body, dict) or not isinstance(stream_id, str) or not stream_id:
             return json_response(
                 start_response, "400 Bad Request", {"error": "expected AMS's JSON"}
             )
-        mode = body.get("mode") if isinstance(body.get("mode"), str) else "?"
+        token = body.get("token")
+        kind = PLAY if body.get("mode") == "play" else PUBLISH
         try:
-            ok, reason = authorize(self.store, self.secrets, stream_id, token)
+            decision = self.access.check(kind, stream_id, token if isinstance(token, str) else "")
         except Exception as e:  # database down, no current secret: refuse, say why in the log
-            log.error("auth webhook could not decide for room %r: %s", stream_id, type(e).__name__)
+            log.error("AMS %s check could not decide: %s", kind, type(e).__name__)
             return json_response(start_response, "503 Service Unavailable", {"allowed": False})
-        if ok:
-            log.debug("auth webhook: %s in room %r (%r)", reason, stream_id, mode)
+        if decision.allowed:
+            log.debug("AMS %s check: %s (stream %r)", kind, decision.reason, stream_id)
             return json_response(start_response, "200 OK", {"allowed": True})
-        log.info("auth webhook refused %r in room %r: %s", mode, stream_id, reason)
+        log.info("AMS %s check refused stream %r: %s", kind, stream_id, decision.reason)
         return json_response(start_response, "403 Forbidden", {"allowed": False})
+
+
+def _parse(raw: bytes) -> Any:
+    """AMS's JSON: UTF-8, or ISO-8859-1 (the publish check's ``new StringEntity(String)``)."""
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            return json.loads(raw.decode(encoding))
+        except UnicodeDecodeError:
+            continue
+        except (ValueError, RecursionError):
+            return None
+    return None

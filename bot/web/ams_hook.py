@@ -1,10 +1,14 @@
 """``POST /ams/hook/<MEETBOT_WEBHOOK_SECRET>``: AMS's ``listenerHookURL`` (stream events).
 
-With Slack Calls on, each personal Circle link publishes under a stream id
-that names the person (``bot.rooms.links.participant_stream_id``); a started
-or ended stream of that shape adds or removes the person from the room's
-Call. AMS gives up on a hook after 2 s and retries one that did not get 200,
-so this answers at once and the Slack side happens later, on the Calls thread.
+A ``liveStreamStarted``/``liveStreamEnded`` of a participant stream says who is
+live: the stream is one the publish webhook recorded against a grant
+(``bot.rooms.streams``), or, with Slack Calls on, one whose id names the person
+(``bot.rooms.links.participant_stream_id``). AMS sends hooks from a worker pool
+without ordering, so each event is applied only if its ``timestamp`` is newer
+than the stream's last applied one (in the database: replicas agree), and
+then the room's Call is brought up to date. AMS gives up on a hook after 2 s
+and retries one that did not get 200, so this answers at once and the Slack
+side happens later, on the Calls thread.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from bot.config import Settings
 from bot.rooms.links import parse_stream_id
+from bot.rooms.streams import Streams
 from bot.slack.calls import SlackCalls
 from bot.web.responses import json_response, method_not_allowed, path_secret_ok, read_body
 
@@ -30,10 +35,11 @@ _JOINED = {"liveStreamStarted": True, "liveStreamEnded": False}
 
 
 class AmsHook:
-    """Mirrors who is publishing in a room into its Slack Call."""
+    """Keeps who is live in each room, in AMS's order, and mirrors it into its Slack Call."""
 
-    def __init__(self, settings: Settings, calls: SlackCalls | None) -> None:
+    def __init__(self, settings: Settings, streams: Streams, calls: SlackCalls | None) -> None:
         self.settings = settings
+        self.streams = streams
         self.calls = calls
 
     def __call__(
@@ -60,21 +66,43 @@ class AmsHook:
         return json_response(start_response, "200 OK", {"ok": True})
 
     def _event(self, body: dict[str, Any]) -> bool:
-        """Queue the Call update for one stream event; False when it is not ours."""
+        """Apply one stream event and queue the Call update; False when it is not ours
+        (or older than one already applied)."""
         action, stream_id = body.get("action"), body.get("id")
         room_hint = body.get("mainTrackId") or body.get("roomId")
-        if self.calls is None or not isinstance(stream_id, str):
+        if not isinstance(stream_id, str) or not stream_id:
             return False
         if room_hint is not None and not isinstance(room_hint, str):
             return False
         joined = _JOINED.get(action) if isinstance(action, str) else None
         if joined is None:
             return False
-        who = parse_stream_id(self.settings, stream_id, room_hint)
-        if who is None:
+        applied = self.streams.hook_event(
+            stream_id,
+            room_hint=room_hint,
+            timestamp=_timestamp(body.get("timestamp")),
+            live=joined,
+            identify=self._identify if self.calls is not None else None,
+        )
+        if applied is None:
             return False
-        self.calls.participant(who[0], who[1], joined=joined)
+        if self.calls is not None:
+            self.calls.participant(applied[0], applied[1], joined=joined)
         return True
+
+    def _identify(self, stream_id: str, room_hint: str | None) -> tuple[str, str] | None:
+        return parse_stream_id(self.settings, stream_id, room_hint)
+
+
+def _timestamp(value: Any) -> int | None:
+    """AMS's ``timestamp``: milliseconds as a string (a number in the form encoding too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 19:
+        return int(value.strip())
+    return None
 
 
 def _parse(raw: bytes, content_type: str) -> Any:
