@@ -37,12 +37,19 @@ def install(bot, slack, team_id):
     )
 
 
+def second_workspace_people(slack):
+    """Erin and Fred, of the second workspace; the double's C1 stands for a channel of
+    each workspace, so they are in it too."""
+    slack.add_user(ERIN, "erin", team_id=T2)
+    slack.add_user(FRED, "fred", team_id=T2)
+    slack.join_channel("C1", ERIN, FRED)
+
+
 def oauth_bot(start_bot, slack, **extra):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     if not any(w["team_id"] == T2 for w in slack.workspaces.values()):
         slack.add_workspace(T2)
-    slack.add_user(ERIN, "erin")
-    slack.add_user(FRED, "fred")
+    second_workspace_people(slack)
     return start_bot(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,
@@ -50,6 +57,13 @@ def oauth_bot(start_bot, slack, **extra):
         MEETBOT_SECRET_KEY=SECRET_KEY,
         **extra,
     )
+
+
+def grid_people(slack):
+    """Alice and Bob as people of the Enterprise Grid org E0001: Alice in its
+    workspace T0003, Bob in another workspace of the org, T0004."""
+    slack.add_user(ALICE, "alice", team_id="T0003", enterprise_id="E0001")
+    slack.add_user(BOB, "bob", team_id="T0004", enterprise_id="E0001")
 
 
 def token_of_team(slack, team_id):
@@ -127,8 +141,7 @@ def test_a_team_room_opens_on_schedule_in_its_own_workspace(start_bot, slack, am
 
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace(T2)
-    slack.add_user(ERIN, "erin")
-    slack.add_user(FRED, "fred")
+    second_workspace_people(slack)
     settings = dict(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,
@@ -172,6 +185,7 @@ def test_oauth_scopes_match_the_manifest():
 def test_enterprise_grid_org_install_is_keyed_by_the_enterprise(start_bot, slack, ams):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace("T0003", enterprise_id="E0001")
+    grid_people(slack)
     bot = start_bot(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +24,15 @@ from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
+from bot.rooms.admission import Admission, Admitted, Refused, new_grant, refusal_record
 from bot.rooms.links import Links
 from bot.rooms.replies import Replies
 from bot.slack import messages
 from bot.slack.calls import SlackCalls
-from bot.slack.gateway import SlackGateway, UnknownUser, UserInfo, acting_for
+from bot.slack.gateway import SlackGateway, acting_for
 from bot.slack.outbox import OutboxWorker
 from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
-from bot.tokens import new_jti, new_room_id
+from bot.tokens import new_room_id
 
 log = logging.getLogger("meetbot.rooms")
 
@@ -108,6 +108,7 @@ class Rooms:
         self.on_change = on_change
         self.on_event = on_event
         self.replies = Replies(store, slack)
+        self.admission = Admission(settings, slack)
         self._lookup_pool = ContextThreadPoolExecutor(
             max_workers=LOOKUP_THREADS, thread_name_prefix="users"
         )
@@ -120,38 +121,26 @@ class Rooms:
         self._lookup_pool.shutdown(wait=True)
 
     # -- people ---------------------------------------------------------
-    def resolve_people(self, requester: str, invitees: Sequence[str]) -> list[UserInfo]:
-        """users.info for everyone, refusing bots, unknown and deactivated users."""
-        ids = [requester, *[u for u in invitees if u != requester]]
-        asked = [self.slack.ask_user(u, self._lookup_pool) for u in ids]
-        results = [self._judge(u, f) for u, f in zip(ids, asked, strict=True)]
-        problems = [msg for _, msg in results if msg]
+    def resolve_people(
+        self,
+        requester: str,
+        invitees: Sequence[str],
+        *,
+        team_id: str,
+        enterprise_id: str | None = None,
+    ) -> list[Admitted]:
+        """The owner and invitees of a room about to open, as the admission policy
+        admits them; a RoomError (for the requester) when any of them is refused."""
+        decisions = self.admission.for_open(
+            team_id, enterprise_id, requester, invitees, lookups=self._lookup_pool
+        )
+        refused = [d for d in decisions if isinstance(d, Refused)]
+        problems = [d.about for d in refused if d.why != "guest_owner"]
         if problems:
             raise RoomError("I didn't open a room: " + "; ".join(problems) + ".")
-        people = [info for info, _ in results if info]
-        owner = people[0]
-        if owner.is_guest and not self.settings.allow_guests:
-            raise RoomError(
-                "Guest accounts can join rooms they are invited to, but can't open rooms here. "
-                "Ask a full member of the workspace to invite you."
-            )
-        return people
-
-    @staticmethod
-    def _judge(user_id: str, asked: Future[UserInfo]) -> tuple[UserInfo | None, str | None]:
-        """Who ``user_id`` is, or why they cannot be in a room."""
-        try:
-            info = asked.result()
-        except UnknownUser:
-            return None, f"I can't find <@{user_id}>"
-        except Exception as e:  # Slack down: say so rather than guess
-            log.warning("users.info failed: %s", type(e).__name__)
-            return None, f"Slack didn't tell me who <@{user_id}> is (try again in a moment)"
-        if info.is_bot:
-            return None, f"<@{user_id}> is a bot and can't join a room"
-        if info.deleted:
-            return None, f"<@{user_id}> is deactivated"
-        return info, None
+        if refused:
+            raise RoomError(refused[0].message)
+        return [d for d in decisions if isinstance(d, Admitted)]
 
     # -- open -------------------------------------------------------------
     def open_room(self, req: OpenRequest) -> Room | None:
@@ -161,7 +150,9 @@ class Rooms:
 
     def _open_room(self, req: OpenRequest) -> Room | None:
         try:
-            people = self.resolve_people(req.user_id, req.invitees)
+            people = self.resolve_people(
+                req.user_id, req.invitees, team_id=req.team_id, enterprise_id=req.enterprise_id
+            )
             room = self._create(req, people)
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
@@ -173,7 +164,7 @@ class Rooms:
         self.outbox.kick()
         return room
 
-    def _create(self, req: OpenRequest, people: list[UserInfo]) -> Room:
+    def _create(self, req: OpenRequest, people: list[Admitted]) -> Room:
         s = self.settings
         duration = req.duration or s.room_ttl
         start = self.now()
@@ -286,30 +277,21 @@ class Rooms:
             # Reconciliation removes it later: it carries our marker.
             log.warning("could not clean up room %s on AMS: %s", room_id, e)
 
-    def _activate(self, room: Room, req: OpenRequest, people: list[UserInfo]) -> Room:
+    def _activate(self, room: Room, req: OpenRequest, people: list[Admitted]) -> Room:
         version, _ = self.secrets.current()
-        exp = room.expires_at + self.settings.token_grace
         t = self.now()
         with self.store.write() as tx:
             row = tx.get(Room, room.id)
             assert row is not None
             row.state = RoomState.ACTIVE
             for person in people:
-                grant = Grant(
-                    room_id=row.id,
-                    team_id=row.team_id,
-                    enterprise_id=row.enterprise_id,
-                    user_id=person.id,
-                    display_name=(person.display_name or person.name)[:120],
-                    jti=new_jti(),
-                    exp=exp,
-                    secret_version=version,
-                    link_sent_at=t,
-                    created_at=t,
+                grant = new_grant(
+                    row, person, secret_version=version, now=t, grace=self.settings.token_grace
                 )
+                grant.link_sent_at = t
                 tx.add(grant)
                 tx.flush()
-                tx.add(self._outbox(row, "dm_link", person.id, grant_id=grant.id))
+                tx.add(self._outbox(row, "dm_link", person.user_id, grant_id=grant.id))
             tx.add(self._outbox(row, "room_card", row.channel_id))
             self.store.audit(
                 tx,
@@ -317,7 +299,7 @@ class Rooms:
                 actor=req.user_id,
                 team_id=row.team_id,
                 room_id=row.id,
-                invitees=[p.id for p in people[1:]],
+                invitees=[p.user_id for p in people[1:]],
                 expires_at=row.expires_at,
             )
             room = row
@@ -357,61 +339,59 @@ class Rooms:
 
     # -- links ------------------------------------------------------------
     def send_link(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
-        """A "Get my link" click: DM the clicker their own link, once per click burst."""
+        """A "Get my link" click: DM the clicker their own link, once per click burst.
+
+        Whether they may have one is the admission policy's answer
+        (``bot/rooms/admission.py``); a forged click is refused like a real one.
+        """
         room = self.store.room(room_id, team_id)
         if room is None or room.state != RoomState.ACTIVE:
             self.replies.tell(response_url, "This room has ended. Start a new one with `/meet`.")
             return False
-        try:
-            info = self.slack.user_info(user_id)
-        except Exception:
-            info = None
+        decision = self.admission.for_room(
+            room, user_id, self.grant_of(room_id, user_id), team_id=team_id
+        )
         t = self.now()
         version, _ = self.secrets.current()
-        refusal = None
-        with self.store.write() as tx:
-            q = (
-                select(Grant)
-                .where(Grant.room_id == room_id, Grant.user_id == user_id)
-                .with_for_update()
-            )
-            grant = tx.scalars(q).first()
-            if grant is None and info is None:
-                # Fail closed: without users.info we cannot tell a guest from a member.
-                refusal = "Slack didn't tell me who you are just now; please try again in a moment."
-            elif (
-                grant is None
-                and info is not None
-                and info.is_guest
-                and not self.settings.allow_guests
-            ):
-                refusal = "Guests can only join rooms they were invited to."
-            elif grant is not None and grant.revoked_at is not None:
-                refusal = "The room's owner removed you from this room."
-            elif (
-                grant is not None
-                and grant.link_sent_at
-                and (t - grant.link_sent_at < LINK_RESEND_WINDOW_S)
-            ):
-                refusal = "Your link is in your DMs with me."
-            else:
-                if grant is None:
-                    grant = Grant(
-                        room_id=room_id,
+        refusal = decision.message if isinstance(decision, Refused) else None
+        if refusal is None:
+            with self.store.write() as tx:
+                grant = tx.scalars(
+                    select(Grant)
+                    .where(Grant.room_id == room_id, Grant.user_id == user_id)
+                    .with_for_update()
+                ).first()
+                if grant is not None:  # theirs already, or made (or barred) since the decision
+                    decision = self.admission.for_room(room, user_id, grant)
+                if isinstance(decision, Refused):
+                    refusal = decision.message
+                elif (
+                    grant is not None
+                    and grant.link_sent_at
+                    and (t - grant.link_sent_at < LINK_RESEND_WINDOW_S)
+                ):
+                    refusal = "Your link is in your DMs with me."
+                else:
+                    if grant is None:
+                        grant = new_grant(
+                            room,
+                            decision,
+                            secret_version=version,
+                            now=t,
+                            grace=self.settings.token_grace,
+                        )
+                        tx.add(grant)
+                        tx.flush()
+                    grant.link_sent_at = t
+                    tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
+                    self.store.audit(
+                        tx,
+                        "link",
+                        actor=user_id,
                         team_id=team_id,
-                        enterprise_id=room.enterprise_id,
-                        user_id=user_id,
-                        display_name=(info.display_name if info else None),
-                        jti=new_jti(),
-                        exp=room.expires_at + self.settings.token_grace,
-                        secret_version=version,
-                        created_at=t,
+                        room_id=room_id,
+                        admitted_as=decision.role,
                     )
-                    tx.add(grant)
-                    tx.flush()
-                grant.link_sent_at = t
-                tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
-                self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
         # Replies go out after the transaction: never hold the write lock over HTTP.
         if refusal is not None:
             self.replies.tell(response_url, refusal)
@@ -420,54 +400,59 @@ class Rooms:
         self.replies.tell(response_url, "I've sent your personal link to you by DM.")
         return True
 
-    def grant_for_call(self, room: Room, user_id: str) -> tuple[Grant | None, str | None]:
-        """A Slack Call sign-in: the person's grant, made now if they have none.
-
-        ``(grant, None)``, or ``(None, why)`` where ``why`` names the page they see
-        (``removed``, ``unknown``, ``guest``, ``slack_down``).
-
-        The same rule as "Get my link": anyone in the workspace may join, a
-        guest only when invited (or MEETBOT_ALLOW_GUESTS), never after a kick.
-        """
+    def grant_of(self, room_id: str, user_id: str) -> Grant | None:
+        """The person's grant in the room (revoked ones too), or None."""
         with self.store.read() as s:
-            grant = s.scalar(
-                select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
-            )
-        if grant is not None:
-            return (None, "removed") if grant.revoked_at is not None else (grant, None)
-        try:
-            with acting_for(room.team_id, room.enterprise_id):
-                info = self.slack.user_info(user_id)
-        except Exception as e:  # fail closed: no new grant without knowing who it is for
-            log.warning("call join: users.info for %s failed: %s", user_id, type(e).__name__)
-            return None, "slack_down"
-        if info.is_bot or info.deleted:
-            return None, "unknown"
-        if info.is_guest and not self.settings.allow_guests:
-            return None, "guest"
+            return s.scalar(select(Grant).where(Grant.room_id == room_id, Grant.user_id == user_id))
+
+    def grant_for(
+        self,
+        room: Room,
+        user_id: str,
+        *,
+        via: str,
+        actor: str | None = None,
+        team_id: str | None = None,
+        display_name: str | None = None,
+    ) -> tuple[Grant | None, Refused | None]:
+        """The person's grant, made now if the admission policy admits them.
+
+        For the paths that hand out a link without a DM: a Slack Call sign-in
+        (``via="slack_call"``, ``team_id`` the workspace they signed in to) and
+        ``meetbot link`` (``via="cli"``). ``(grant, None)``, or ``(None, refusal)``.
+        A new grant is audited (``grant``, by ``actor``, default the person).
+        """
+        decision = self.admission.for_room(
+            room, user_id, self.grant_of(room.id, user_id), team_id=team_id
+        )
+        if isinstance(decision, Refused):
+            return None, decision
+        if decision.grant is not None:
+            return decision.grant, None
         version, _ = self.secrets.current()
-        t = self.now()
+        grant = new_grant(
+            room, decision, secret_version=version, now=self.now(), grace=self.settings.token_grace
+        )
+        if display_name:
+            grant.display_name = display_name[:120]
         try:
             with self.store.write() as tx:
-                grant = Grant(
-                    room_id=room.id,
-                    team_id=room.team_id,
-                    enterprise_id=room.enterprise_id,
-                    user_id=user_id,
-                    display_name=(info.display_name or info.name)[:120],
-                    jti=new_jti(),
-                    exp=room.expires_at + self.settings.token_grace,
-                    secret_version=version,
-                    created_at=t,
-                )
                 tx.add(grant)
-        except IntegrityError:  # the same person, a second tab, at the same moment
-            with self.store.read() as s:
-                grant = s.scalar(
-                    select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
+                self.store.audit(
+                    tx,
+                    "grant",
+                    actor=actor or user_id,
+                    team_id=room.team_id,
+                    room_id=room.id,
+                    user=user_id,
+                    via=via,
+                    admitted_as=decision.role,
                 )
-            if grant is None or grant.revoked_at is not None:
-                return None, "removed"
+        except IntegrityError:  # the same person, a second tab (or a kick), at the same moment
+            decision = self.admission.for_room(room, user_id, self.grant_of(room.id, user_id))
+            if isinstance(decision, Refused):
+                return None, decision
+            return decision.grant, None
         return grant, None
 
     # -- end ----------------------------------------------------------------
@@ -811,20 +796,8 @@ class Rooms:
                 if grant is not None and grant.revoked_at is not None:
                     refusal = f"<@{target_id}> was already removed from this room."
                 elif grant is None:
-                    # Bar them from "Get my link" on the channel card as well.
-                    tx.add(
-                        Grant(
-                            room_id=room_id,
-                            team_id=team_id,
-                            enterprise_id=room.enterprise_id,
-                            user_id=target_id,
-                            jti=new_jti(),
-                            exp=room.expires_at + self.settings.token_grace,
-                            secret_version=None,
-                            revoked_at=t,
-                            created_at=t,
-                        )
-                    )
+                    # Bar them from every other way in (Get my link, a Call, support).
+                    tx.add(refusal_record(room, target_id, now=t, grace=self.settings.token_grace))
                 else:
                     had_link = True
                     grant.revoked_at = t
