@@ -15,6 +15,7 @@ work. The same query code runs on both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -431,6 +432,23 @@ class Store:
                 .order_by(Room.expires_at)
             )
             return list(s.scalars(q))
+
+    def lock_person(self, s: Session, team_id: str, user_id: str) -> None:
+        """Hold one person's room opens one at a time until ``s`` commits.
+
+        The open-room limit is a count, then an insert: under PostgreSQL's READ
+        COMMITTED two ``/meet``s from one person (on one replica's threads or on
+        two replicas) could both count 4 of 5 and both insert. A transaction-
+        scoped advisory lock per person makes the second wait for the first's
+        commit, so its count sees the first room. SQLite needs nothing: its write
+        transactions (``BEGIN IMMEDIATE``) already run one at a time.
+        """
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(
+            f"meetbot:open-rooms:{team_id}:{user_id}".encode(), digest_size=8
+        ).digest()
+        s.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
     def count_open_rooms(self, s: Session, team_id: str, user_id: str) -> int:
         q = select(func.count()).where(

@@ -190,6 +190,8 @@ class Rooms:
                         raise RoomError(f"Room `{prior.id}` failed to open ({prior.end_reason}).")
                     return prior  # opened by an earlier try: never a second room
                 if req.schedule_id is None:
+                    # Count and insert as one step per person (PostgreSQL: an advisory lock).
+                    self.store.lock_person(tx, req.team_id, req.user_id)
                     open_count = self.store.count_open_rooms(tx, req.team_id, req.user_id)
                     if open_count >= s.max_open_rooms_per_user:
                         raise RoomError(
