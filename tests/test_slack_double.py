@@ -273,6 +273,21 @@ def test_conversations_members_is_refused_like_slack(double, client):
     assert e.value.response["needed"] == "channels:read"
 
 
+def test_a_held_call_waits_until_released(double, client):
+    hold = double.hold("chat.postMessage", channel="U2")
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (client.chat_postMessage(channel="U2", text="late"), done.set()),
+        daemon=True,
+    ).start()
+    assert hold.arrived.wait(5)
+    client.chat_postMessage(channel="U3", text="others go through")
+    assert double.dms_to("U2") == [] and not done.is_set()
+    hold.release()
+    assert done.wait(5)
+    assert [m["text"] for m in double.dms_to("U2")] == ["late"]
+
+
 def test_conversations_open(double, client):
     assert client.conversations_open(users="U2")["channel"]["id"] == "DU2"
     with pytest.raises(SlackApiError) as e:

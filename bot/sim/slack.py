@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_SCOPES",
     "Call",
     "Fault",
+    "Hold",
     "SlackDouble",
     "SlackSender",
 ]
@@ -205,6 +206,24 @@ class Fault:
     remaining: int | None
     channel: str | None
     retry_after: int | None
+
+
+@dataclass
+class Hold:
+    """A call held on its way in (``SlackDouble.hold``): it waits until ``release()``.
+
+    ``arrived`` is set when the held request reached the double, so a test can
+    act while it is in flight (a post rendered, not yet recorded by the bot).
+    """
+
+    method: str
+    channel: str | None
+    arrived: threading.Event
+    released: threading.Event
+    taken: bool = False
+
+    def release(self) -> None:
+        self.released.set()
 
 
 class _ApiError(Exception):
@@ -749,6 +768,7 @@ class SlackDouble:
         self._messages: dict[str, dict[str, dict[str, Any]]] = {}
         self._history: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._faults: list[Fault] = []
+        self._holds: list[Hold] = []
         self._response_urls: dict[str, dict[str, float]] = {}
         self._triggers: dict[str, dict[str, Any]] = {}
         self._view_owner: dict[str, str | None] = {}
@@ -931,6 +951,32 @@ class SlackDouble:
             self._faults.append(fault)
         return fault
 
+    def hold(self, method: str, *, channel: str | None = None) -> Hold:
+        """Hold the next call to ``method`` (for ``channel``, matched as ``fail`` does)
+        until ``release()``; it is then answered as usual. At most 30 s."""
+        hold = Hold(method, channel, threading.Event(), threading.Event())
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def _wait_if_held(self, method: str, args: dict[str, Any]) -> None:
+        with self._lock:
+            hold = next(
+                (
+                    h
+                    for h in self._holds
+                    if not h.taken
+                    and h.method == method
+                    and (h.channel is None or self._recipient(h.channel) in self._recipients(args))
+                ),
+                None,
+            )
+            if hold is None:
+                return
+            hold.taken = True
+        hold.arrived.set()
+        hold.released.wait(30)
+
     def clear_faults(self) -> None:
         """Drop every pending fault."""
         with self._lock:
@@ -1072,6 +1118,7 @@ class SlackDouble:
         args, is_json, parse_error = _parse_args(headers.get("Content-Type", ""), body, query)
         if self.latency:
             time.sleep(self.latency)
+        self._wait_if_held(method, args)
         with self._lock:
             call = Call(method, args, self.clock())
             self.calls.append(call)
@@ -1132,20 +1179,24 @@ class SlackDouble:
             return value[1:]
         return value
 
+    def _recipients(self, args: dict[str, Any]) -> set[str]:
+        """Whom a call is for: its ``channel``, ``user``, ``user_id`` or ``users``."""
+        candidates: set[str] = set()
+        for key in ("channel", "user", "user_id"):
+            value = args.get(key)
+            if isinstance(value, str):
+                candidates.add(self._recipient(value))
+        users = args.get("users")
+        if isinstance(users, str):
+            candidates.update(self._recipient(u.strip()) for u in users.split(","))
+        return candidates
+
     def _take_fault(self, method: str, args: dict[str, Any]) -> Fault | None:
         for fault in self._faults:
             if fault.method != method or fault.remaining == 0:
                 continue
             if fault.channel is not None:
-                candidates: set[str] = set()
-                for key in ("channel", "user", "user_id"):
-                    value = args.get(key)
-                    if isinstance(value, str):
-                        candidates.add(self._recipient(value))
-                users = args.get("users")
-                if isinstance(users, str):
-                    candidates.update(self._recipient(u.strip()) for u in users.split(","))
-                if self._recipient(fault.channel) not in candidates:
+                if self._recipient(fault.channel) not in self._recipients(args):
                     continue
             if fault.remaining is not None:
                 fault.remaining -= 1
