@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot import leases
 from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsNotFound
 from bot.ams.marker import ams_marker, is_ours
 from bot.ams.stream_secret import SecretSource
@@ -31,12 +32,14 @@ from bot.slack import messages
 from bot.slack.calls import SlackCalls
 from bot.slack.gateway import SlackGateway, acting_for
 from bot.slack.outbox import OutboxWorker
-from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
+from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
 from bot.tokens import new_room_id
 
 log = logging.getLogger("meetbot.rooms")
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
+REISSUE_JOB = "reissue"  # the job lease of the stale-DM scan (Rooms.reissue_links)
+REISSUE_LEASE_S = 60
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
 MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
@@ -830,37 +833,46 @@ class Rooms:
         return True
 
     def reissue_links(self, version: int | None) -> int:
-        """After a secret rotation, edit every active room's DMs with links that work.
+        """Edit every active DM whose link was minted with a secret other than ``version``.
 
-        Claimed by inserting a marker job row for the version, so with several
-        replicas exactly one of them owes the edits.
+        Right after a rotation that is every active room's DMs. On later sweeps
+        it is the DMs rendered with the old secret in the moments around the
+        rotation: rendered before it, landed after this ran (their grant's
+        ``secret_version``, recorded at rendering, is the old one). A DM whose
+        edit is still owed is not owed a second one; one replica at a time
+        (a job lease) looks.
         """
-        name = f"reissue:{version}"
-        with self.store.read() as s:
-            if s.get(Job, name) is not None:
-                return 0
+        if version is None:
+            return 0
+        t = self.now()
+        if not leases.claim(self.store, REISSUE_JOB, self.owner, now=t, lease=REISSUE_LEASE_S):
+            return 0
         count = 0
         try:
             with self.store.write() as tx:
-                tx.add(
-                    Job(name=name, lease_owner=self.owner, next_run_at=0, last_run_at=self.now())
+                owed = exists().where(
+                    Outbox.grant_id == Grant.id,
+                    Outbox.kind == "dm_update",
+                    Outbox.state == OutboxState.PENDING,
                 )
-                tx.flush()
                 rows = tx.execute(
                     select(Grant, Room)
                     .join(Room, Room.id == Grant.room_id)
                     .where(Room.state == RoomState.ACTIVE, Grant.revoked_at.is_(None))
+                    .where(Grant.dm_ts.is_not(None), Grant.secret_version.is_not(None))
+                    .where(Grant.secret_version != version, ~owed)
+                    .order_by(Grant.id)
                 ).all()
                 for g, room in rows:
-                    g.secret_version = version
-                    if g.dm_ts:
-                        tx.add(self._dm_edit(room, g, "reissue"))
-                        count += 1
-                self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
-        except IntegrityError:
-            return 0  # another replica took this version
-        self.outbox.kick()
-        log.info("re-issued %d links for secret version %s", count, version)
+                    tx.add(self._dm_edit(room, g, "reissue"))
+                count = len(rows)
+                if count:
+                    self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
+        finally:
+            leases.release(self.store, REISSUE_JOB, self.owner)
+        if count:
+            self.outbox.kick()
+            log.info("re-issued %d links for secret version %s", count, version)
         return count
 
     # -- misc -----------------------------------------------------------------
