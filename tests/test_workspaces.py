@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -340,3 +341,63 @@ def test_tokens_revoked_uninstalls_only_when_the_bot_token_goes(start_bot, slack
     assert db_rows(url, "slack_installations") == [] and db_rows(url, "slack_bots") == []
     assert [room["state"] for room in db_rows(url, "rooms")] == ["revoked"]
     assert rooms_on_ams(ams) == []
+
+
+# -- Enterprise Grid and OAuth: the App Home, the schedule form, the operator's CLI ------------
+def install_org(bot, slack, org: str = "E0001", team: str = "T0003") -> None:
+    """An org-wide install of the Grid org ``org``, approved from its workspace ``team``."""
+    page = requests.get(bot.url + "/slack/install", timeout=5)
+    state = re.search(r"state=([\w-]+)", page.text).group(1)
+    code = slack.issue_oauth_code(team, is_enterprise_install=True)
+    done = requests.get(
+        bot.url + "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"Cookie": page.headers["Set-Cookie"].split(";", 1)[0]},
+        timeout=10,
+    )
+    assert done.status_code == 200, done.text
+
+
+def test_the_app_home_of_an_org_wide_install_is_published_with_the_orgs_token(
+    start_bot, slack, ams
+):
+    """Such an install is found by its org, not its workspace: every Home publish must
+    say which org (opening the Home, a room changing, the outcome of a click)."""
+    from bot.home import view as home
+    from tests.test_home import home_of, notice
+
+    slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
+    org_token = slack.add_workspace("T0003", enterprise_id="E0001")
+    grid_people(slack)
+    bot = start_bot(
+        SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=CLIENT_ID,
+        SLACK_CLIENT_SECRET=CLIENT_SECRET,
+        MEETBOT_SECRET_KEY=SECRET_KEY,
+    )
+    install_org(bot, slack)
+    grid = SlackSender(
+        bot.url + "/slack/events",
+        SIGNING_SECRET,
+        team_id="T0003",
+        double=slack,
+        enterprise_id="E0001",
+        enterprise_install=True,
+    )
+    r = grid.event(
+        {"type": "app_home_opened", "user": ALICE, "channel": "D" + ALICE, "tab": "home"}
+    )
+    assert r.status_code == 200
+    wait_for(lambda: home_of(slack, ALICE))
+    # A room opening redraws it (the rooms' change hook, off any request).
+    r = grid.command(f"grid sync <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    (room,) = db_rows(bot.env["DATABASE_URL"], "rooms")
+    wait_for(lambda: f"home:own:{room['id']}" in json.dumps(home_of(slack, ALICE)))
+    # A click on the Home is answered on the Home.
+    grid.block_action(home.ACTION_END, room["id"], user_id=ALICE, channel_id="D" + ALICE)
+    wait_for(lambda: "Ended" in notice(home_of(slack, ALICE)))
+    publishes = slack.calls_to("views.publish")
+    assert publishes and all(c.ok for c in publishes)
+    assert {c.team_id for c in publishes} == {"T0003"}
+    assert org_token not in bot.log()

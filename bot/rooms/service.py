@@ -48,6 +48,10 @@ MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
 LOOKUP_THREADS = 32
 
 
+#: Whose view of rooms changed, by workspace: (team, Grid org) -> people, in order.
+People = dict[tuple[str, str | None], dict[str, None]]
+
+
 class RoomError(Exception):
     """A refusal with a message meant for the Slack user as is."""
 
@@ -92,11 +96,11 @@ class Rooms:
         owner: str,
         clock: Callable[[], float] = time.time,
         calls: SlackCalls | None = None,
-        on_change: Callable[[str, list[str]], None] | None = None,
+        on_change: Callable[[str, list[str], str | None], None] | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         """``owner`` names this process in leases; ``calls`` registers rooms as Slack
-        Calls; ``on_change(team, users)`` hears whose view of rooms changed (the App
+        Calls; ``on_change(team, users, org)`` hears whose view of rooms changed (the App
         Home); ``on_event(name)`` counts "created", "revoked" and "failed" (metrics)."""
         self.settings = settings
         self.store = store
@@ -559,7 +563,7 @@ class Rooms:
             return []
         t = self.now()
         rooms: list[Room] = []
-        people: dict[str, dict[str, None]] = {}  # team -> owners and grantees, in order
+        people: People = {}  # (team, org) -> owners and grantees, in order
         with self.store.write() as tx:
             for i in range(0, len(room_ids), MARK_CHUNK):
                 rooms += self._mark_revoked_in(tx, room_ids[i : i + MARK_CHUNK], t, reason, people)
@@ -583,7 +587,7 @@ class Rooms:
         room_ids: Sequence[str],
         t: int,
         reason: str,
-        people: dict[str, dict[str, None]],
+        people: People,
     ) -> list[Room]:
         """``record_revoked`` for up to ``MARK_CHUNK`` rooms, inside ``tx``."""
         rooms = list(
@@ -622,10 +626,10 @@ class Rooms:
             execution_options={"synchronize_session": False},
         )
         for room in rooms:
-            people.setdefault(room.team_id, {})[room.owner_id] = None
+            people.setdefault((room.team_id, room.enterprise_id), {})[room.owner_id] = None
         for g in grants:
             room = by_id[g.room_id]
-            people[room.team_id][g.user_id] = None
+            people[(room.team_id, room.enterprise_id)][g.user_id] = None
             if g.dm_ts:
                 tx.add(self._dm_edit(room, g, "ended"))
         for room in rooms:
@@ -893,17 +897,17 @@ class Rooms:
                 return
             grants = self.store.grants_of(room_id, include_revoked=True)
             users = list(dict.fromkeys([room.owner_id, *(g.user_id for g in grants)]))
-            self.on_change(room.team_id, users)
+            self.on_change(room.team_id, users, room.enterprise_id)
         except Exception:
             log.exception("on_change hook failed for room %s", room_id)
 
-    def _people_changed(self, people: dict[str, dict[str, None]]) -> None:
+    def _people_changed(self, people: People) -> None:
         """``on_change`` once per workspace for many rooms (team → users); never raises."""
         if self.on_change is None:
             return
-        for team_id, users in people.items():
+        for (team_id, org), users in people.items():
             try:
-                self.on_change(team_id, list(users))
+                self.on_change(team_id, list(users), org)
             except Exception:
                 log.exception("on_change hook failed for %d people", len(users))
 
