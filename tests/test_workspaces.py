@@ -401,3 +401,64 @@ def test_the_app_home_of_an_org_wide_install_is_published_with_the_orgs_token(
     assert publishes and all(c.ok for c in publishes)
     assert {c.team_id for c in publishes} == {"T0003"}
     assert org_token not in bot.log()
+
+
+def test_a_bare_meet_schedule_opens_the_form_in_an_oauth_workspace(start_bot, slack, ams):
+    """No SLACK_BOT_TOKEN here: the form opens with the listener's client (its token)."""
+    bot = oauth_bot(start_bot, slack)
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command("schedule", user_id=ERIN)
+    assert r.status_code == 200
+    (opened,) = slack.wait_for_calls("views.open")
+    assert opened.ok, opened.error
+    assert opened.team_id == T2
+    assert [v["callback_id"] for v in slack.views.values()] == ["meet_schedule_modal"]
+    settled(bot)
+    assert response_texts(slack, r.response_key) == []  # no "I couldn't open the form"
+
+
+def test_meetbot_rooms_end_and_link_use_the_workspaces_own_token(start_bot, slack, ams):
+    """The operator's CLI has no SLACK_BOT_TOKEN in OAuth mode: it speaks for each room's
+    workspace with the token installed there, to edit its DMs and to ask who may join."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from bot.ops.cli import main
+
+    gina = "UGINA002"  # of the second workspace, in the room's channel, not invited
+    bot = oauth_bot(start_bot, slack)
+    slack.add_user(gina, "gina", team_id=T2)
+    slack.join_channel("C1", gina)
+    url = bot.env["DATABASE_URL"]
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command(f"retro <@{FRED}>", user_id=ERIN)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    settled(bot)
+    env = dict(bot.env)
+    assert bot.terminate() == 0
+    (room,) = db_rows(url, "rooms")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        linked = CliRunner().invoke(main, ["link", room["id"], "--user", gina], env=env)
+        assert linked.exit_code == 0, linked.output
+        assert f"/Conference/{room['id']}?token=" in linked.stdout
+        asked = [c for c in slack.calls_to("users.info") if c.args.get("user") == gina]
+        assert asked and {c.team_id for c in asked} == {T2}
+        assert {c.team_id for c in slack.calls_to("conversations.members")} == {T2}
+
+        updates_before = len(slack.calls_to("chat.update"))
+        ended = CliRunner().invoke(main, ["rooms", "end", room["id"]], env=env)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert ended.exit_code == 0, ended.output
+    assert "3 message edit(s) sent" in ended.stdout
+    updates = slack.calls_to("chat.update")[updates_before:]
+    assert len(updates) == 3 and all(c.ok for c in updates)
+    assert {c.team_id for c in updates} == {T2}
+    for user in (ERIN, FRED):
+        assert "ended" in slack.dms_to(user)[-1]["text"].lower()
