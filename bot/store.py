@@ -106,6 +106,8 @@ class Grant(Base):
     display_name: Mapped[str | None] = mapped_column(String(120))
     jti: Mapped[str] = mapped_column(String(64), unique=True)
     exp: Mapped[int] = mapped_column(BigInteger)
+    # The stream-secret version the DM's link was last minted with (at first, the one
+    # current when the grant was made): a rotation renews the DMs where it is stale.
     secret_version: Mapped[int | None] = mapped_column(Integer)
     dm_channel: Mapped[str | None] = mapped_column(String(32))
     dm_ts: Mapped[str | None] = mapped_column(String(32))
