@@ -15,6 +15,7 @@ work. The same query code runs on both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -118,6 +119,8 @@ class Grant(Base):
     display_name: Mapped[str | None] = mapped_column(String(120))
     jti: Mapped[str] = mapped_column(String(64), unique=True)
     exp: Mapped[int] = mapped_column(BigInteger)
+    # The stream-secret version the DM's link was last minted with (at first, the one
+    # current when the grant was made): a rotation renews the DMs where it is stale.
     secret_version: Mapped[int | None] = mapped_column(Integer)
     dm_channel: Mapped[str | None] = mapped_column(String(32))
     dm_ts: Mapped[str | None] = mapped_column(String(32))
@@ -578,6 +581,23 @@ class Store:
                 .order_by(Room.expires_at)
             )
             return list(s.scalars(q))
+
+    def lock_person(self, s: Session, team_id: str, user_id: str) -> None:
+        """Hold one person's room opens one at a time until ``s`` commits.
+
+        The open-room limit is a count, then an insert: under PostgreSQL's READ
+        COMMITTED two ``/meet``s from one person (on one replica's threads or on
+        two replicas) could both count 4 of 5 and both insert. A transaction-
+        scoped advisory lock per person makes the second wait for the first's
+        commit, so its count sees the first room. SQLite needs nothing: its write
+        transactions (``BEGIN IMMEDIATE``) already run one at a time.
+        """
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(
+            f"meetbot:open-rooms:{team_id}:{user_id}".encode(), digest_size=8
+        ).digest()
+        s.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
     def count_open_rooms(self, s: Session, team_id: str, user_id: str) -> int:
         q = select(func.count()).where(

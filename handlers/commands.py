@@ -15,6 +15,7 @@ from handlers import grammar, schedule_commands
 
 if TYPE_CHECKING:
     from slack_bolt import Ack, App
+    from slack_sdk import WebClient
 
     from bot.services import Services
 
@@ -23,11 +24,13 @@ log = logging.getLogger("meetbot.handlers")
 
 def register(app: App, services: Services) -> None:
     @app.command("/meet")
-    def meet(ack: Ack, command: dict[str, Any]) -> None:
-        handle_meet(ack, command, services)
+    def meet(ack: Ack, command: dict[str, Any], client: WebClient) -> None:
+        handle_meet(ack, command, services, client)
 
 
-def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
+def handle_meet(ack: Ack, command: dict[str, Any], services: Services, client: WebClient) -> None:
+    """``client`` is Bolt's, with the token of the workspace the command came from
+    (in multi-workspace mode no other client has it): the schedule form needs it."""
     settings = services.settings
     user = str(command.get("user_id") or "")
     team = str(command.get("team_id") or "")
@@ -75,9 +78,9 @@ def handle_meet(ack: Ack, command: dict[str, Any], services: Services) -> None:
                 rooms.extend, team, room_id, user, duration, response_url, reply_to=response_url
             )
         case grammar.Schedule() | grammar.ScheduleModal():
-            schedule_commands.handle(cmd, ack, command, services)
+            schedule_commands.handle(cmd, ack, command, services, client)
         case grammar.Schedules() | grammar.Unschedule():
-            schedule_commands.handle(cmd, ack, command, services)
+            schedule_commands.handle(cmd, ack, command, services, client)
         case grammar.Kick(room_id=room_id, user_id=target):
             ack(text=f"Removing <@{target}> from room `{room_id}`…")
             services.submit(

@@ -59,6 +59,16 @@ def _who(body: dict[str, Any]) -> tuple[str, str, str | None]:
     )
 
 
+def _org(body: dict[str, Any]) -> str | None:
+    """The Enterprise Grid org of an event: the envelope's, else its authorization's."""
+    org = _text(body.get("enterprise_id"))
+    if not org:
+        auths = body.get("authorizations")
+        first = auths[0] if isinstance(auths, list) and auths else None
+        org = _text(first.get("enterprise_id")) if isinstance(first, dict) else ""
+    return org or None
+
+
 def _value(body: dict[str, Any]) -> str:
     actions = body.get("actions") or [{}]
     return _text(actions[0].get("value")) if isinstance(actions[0], dict) else ""
@@ -67,30 +77,41 @@ def _value(body: dict[str, Any]) -> str:
 # -- work after the ack --------------------------------------------------------------------
 
 
-def get_link(services: Services, tab: HomeTab, team: str, user: str, room_id: str) -> None:
+def get_link(
+    services: Services, tab: HomeTab, team: str, user: str, room_id: str, org: str | None = None
+) -> None:
     """Home "Get my link": the same DM as the channel card's button."""
-    with replies_to(lambda text: tab.notice(team, user, text)):
+    with replies_to(lambda text: tab.notice(team, user, text, org)):
         services.rooms.send_link(team, room_id, user, None)
 
 
-def end_room(services: Services, tab: HomeTab, team: str, user: str, room_id: str) -> None:
+def end_room(
+    services: Services, tab: HomeTab, team: str, user: str, room_id: str, org: str | None = None
+) -> None:
     """Home "End": owner or workspace admin, checked by ``Rooms.end_room``; once only."""
-    with replies_to(lambda text: tab.notice(team, user, text)):
+    with replies_to(lambda text: tab.notice(team, user, text, org)):
         services.rooms.end_room(team, room_id, user, None)
 
 
-def extend_room(services: Services, tab: HomeTab, team: str, user: str, value: str) -> None:
+def extend_room(
+    services: Services, tab: HomeTab, team: str, user: str, value: str, org: str | None = None
+) -> None:
     """Home "Extend 30 min": owner only; the button's end makes a double click extend once."""
     room_id, expected = home.parse_extend_value(value)
-    with replies_to(lambda text: tab.notice(team, user, text)):
+    with replies_to(lambda text: tab.notice(team, user, text, org)):
         services.rooms.extend(team, room_id, user, home.EXTEND_S, None, expect_expires_at=expected)
 
 
 def cancel_schedule(
-    services: Services, tab: HomeTab, team: str, user: str, schedule_id: str
+    services: Services,
+    tab: HomeTab,
+    team: str,
+    user: str,
+    schedule_id: str,
+    org: str | None = None,
 ) -> None:
     """Home "Stop": creator or admin, checked by ``Schedules.cancel``; a repeat says so."""
-    tab.notice(team, user, services.schedules.cancel(team, schedule_id, user))
+    tab.notice(team, user, services.schedules.cancel(team, schedule_id, user), org)
 
 
 # -- the New-room modal ------------------------------------------------------------------
@@ -202,7 +223,7 @@ def handle_new_room(ack: Ack, body: dict[str, Any], services: Services, tab: Hom
             invitees=tuple(u for u in invitees if u != user),
             duration=duration,
             enterprise_id=enterprise,
-            notify=functools.partial(tab.notice, team, user),
+            notify=functools.partial(tab.notice, team, user, enterprise_id=enterprise),
         ),
     )
 
@@ -245,19 +266,19 @@ def register(app: App, services: Services) -> None:
         user = _text(event.get("user"))
         team = _text(body.get("team_id")) or _text((event.get("view") or {}).get("team_id"))
         if user and team:
-            services.submit(tab.opened, team, user)
+            services.submit(tab.opened, team, user, _org(body))
 
     @app.action(home.ACTION_NEW_ROOM)
     def new_room_clicked(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        team, user, _ = _who(body)
+        team, user, org = _who(body)
         if not open_new_room_modal(client, _text(body.get("trigger_id")), services) and team:
-            tab.notice(team, user, "I couldn't open the form; please try again.")
+            tab.notice(team, user, "I couldn't open the form; please try again.", org)
 
     @app.action(home.ACTION_SCHEDULE)
     def schedule_clicked(ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        team, user, _ = _who(body)
+        team, user, org = _who(body)
         opened = views.open_schedule_modal(
             client,
             _text(body.get("trigger_id")),
@@ -266,15 +287,15 @@ def register(app: App, services: Services) -> None:
             services=services,
         )
         if not opened and team:
-            tab.notice(team, user, "I couldn't open the scheduling form; please try again.")
+            tab.notice(team, user, "I couldn't open the scheduling form; please try again.", org)
 
     def on_click(work: Any) -> Any:
         def listener(ack: Ack, body: dict[str, Any]) -> None:
             ack()
-            team, user, _ = _who(body)
+            team, user, org = _who(body)
             value = _value(body)
             if team and user and value:
-                services.submit(work, services, tab, team, user, value)
+                services.submit(work, services, tab, team, user, value, org)
 
         return listener
 

@@ -34,12 +34,13 @@ def handle(
     ack: Ack,
     command: dict[str, Any],
     services: Services,
-    client: WebClient | None = None,
+    client: WebClient,
 ) -> None:
     """Answer one schedule sub-command of ``/meet`` (already parsed into ``cmd``).
 
-    ``client`` is Bolt's, when the caller has it (multi-workspace installs
-    need its token); otherwise a client built from the settings opens the form.
+    ``client`` is the listener's (Bolt's): it carries the token of the workspace
+    the command came from, the only one that may open a form there (with
+    multi-workspace installs there is no ``SLACK_BOT_TOKEN`` to fall back on).
     """
     user = str(command.get("user_id") or "")
     team = str(command.get("team_id") or "")
@@ -50,7 +51,7 @@ def handle(
         case grammar.ScheduleModal():
             ack()
             opened = views.open_schedule_modal(
-                client or views.client_for(services.settings),
+                client,
                 str(command.get("trigger_id") or ""),
                 user_id=user,
                 channel_id=channel,

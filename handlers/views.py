@@ -20,7 +20,6 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
@@ -88,17 +87,6 @@ DAY_CHOICES = (
 )
 
 _lookups: ThreadPoolExecutor | None = None
-
-
-@lru_cache(maxsize=8)
-def _client(token: str | None, base_url: str) -> WebClient:
-    # No retry handlers: a second views.open with the same trigger_id cannot succeed.
-    return WebClient(token=token, base_url=base_url, timeout=VIEWS_TIMEOUT_S, retry_handlers=[])
-
-
-def client_for(settings: Settings) -> WebClient:
-    """A Web API client for views.open when the listener has no Bolt ``client`` at hand."""
-    return _client(settings.slack_bot_token, settings.slack_api_url)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -214,8 +202,13 @@ def open_schedule_modal(
     """``views.open`` at once (the trigger_id expires in 3 s); False when Slack refused."""
     if not trigger_id:
         return False
+    # The listener's client has the workspace's token; this call gets a timeout
+    # inside the trigger's 3 s and no retry (a trigger_id opens one view only).
+    quick = WebClient(
+        token=client.token, base_url=client.base_url, timeout=VIEWS_TIMEOUT_S, retry_handlers=[]
+    )
     try:
-        client.views_open(
+        quick.views_open(
             trigger_id=trigger_id,
             view=schedule_modal(channel_id=channel_id, settings=services.settings),
         )

@@ -103,7 +103,9 @@ def slack() -> Iterator[SlackDouble]:
         double.add_user(ADMIN, "root", is_admin=True)
         double.add_user(SOMEBOT, "somebot", is_bot=True)
         double.add_user(GUEST, "guest", is_restricted=True)
-        double.add_channel("C1", "general")
+        # #general: everyone above is in it (the guest, and a bot, too).
+        general = [ALICE, BOB, CAROL, DAVE, ADMIN, SOMEBOT, GUEST]
+        double.add_channel("C1", "general", members=general)
         yield double
 
 

@@ -91,7 +91,7 @@ def open_room(ops, slack, topic: str, *invitees: str, owner: str = ALICE) -> str
     one message a second per channel would otherwise make the test wait.
     """
     channel = f"C{next(_channels)}"
-    slack.add_channel(channel, channel.lower())
+    slack.add_channel(channel, channel.lower(), members=[owner, *invitees])
     room = ops.rooms.open_room(
         OpenRequest(team_id=TEAM, user_id=owner, channel_id=channel, topic=topic, invitees=invitees)
     )
@@ -220,13 +220,15 @@ def test_link_reuses_the_grant_and_audits(ops, slack, caplog):
 
 def test_link_creates_a_grant_for_someone_new(ops, slack):
     room_id = open_room(ops, slack, "standup")
+    slack.join_channel(ops.store.room(room_id).channel_id, DAVE)  # a member of its channel
     result = cli("link", room_id, "--user", DAVE.lower(), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["user"] == DAVE
     grants = {g.user_id: g for g in ops.store.grants_of(room_id)}
     assert DAVE in grants
-    claims = jwt.decode(data["link"].split("token=", 1)[1], STREAM_SECRET, algorithms=["HS256"])
+    token = data["link"].split("token=", 1)[1].split("&", 1)[0]
+    claims = jwt.decode(token, STREAM_SECRET, algorithms=["HS256"])
     assert claims["jti"] == grants[DAVE].jti
 
 

@@ -285,3 +285,32 @@ def test_get_my_link_still_refuses_a_guest_when_slack_cannot_say_who_they_are(
         slack.clear_faults()
     assert not posts_to(slack, guest)
     assert grants_of(limited, guest) == []
+
+
+# -- the limit on PostgreSQL ---------------------------------------------------------------------
+def test_concurrent_meets_from_one_person_open_exactly_the_limit_on_postgresql(
+    start_bot, postgres_url, slack, ams, people
+):
+    """READ COMMITTED lets two transactions count the same rooms: the count and the
+    insert are one step per person, so twelve /meets sent together open three."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bot = start_bot(postgres_url, MEETBOT_MAX_OPEN_ROOMS_PER_USER="3")
+    alice, bob = people(), people()
+    sender = sender_for(bot, slack)
+    creates_before = creates(ams)
+    n = 12
+    with ThreadPoolExecutor(n) as pool:
+        sent = list(
+            pool.map(lambda i: sender.command(f"race {i} <@{bob}>", user_id=alice), range(n))
+        )
+    assert all(r.status_code == 200 and "Creating" in r.text for r in sent)
+    replies = [slack.wait_for_responses(r.response_key, timeout=30)[0]["text"] for r in sent]
+    opened = [t for t in replies if OPENED in t]
+    refused = [t for t in replies if "You already have 3 open rooms" in t]
+    assert (len(opened), len(refused)) == (3, n - 3), replies
+    rooms = [r for r in db_rows(postgres_url, "rooms") if r["owner_id"] == alice]
+    assert sorted(r["state"] for r in rooms) == ["active"] * 3
+    assert creates(ams) - creates_before == 3
+    settled(postgres_url)
+    assert len(slack.dms_to(bob)) == 3

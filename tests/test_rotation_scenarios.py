@@ -8,7 +8,15 @@ from cryptography.fernet import Fernet
 
 from bot.sim.ams import DEFAULT_ADMIN_EMAIL, DEFAULT_ADMIN_PASSWORD
 from tests.conftest import ALICE, BOB, STREAM_SECRET, sender_for, wait_for
-from tests.helpers import db_exec, db_rows, dm_links, response_texts, sweep_more, token_of
+from tests.helpers import (
+    db_exec,
+    db_rows,
+    dm_links,
+    response_texts,
+    settled,
+    sweep_more,
+    token_of,
+)
 
 SETTINGS_POST = r"^/rest/v2/applications/settings/Conference$"
 
@@ -54,8 +62,46 @@ def test_rotation_renews_every_dm_in_place(start_bot, slack, ams):
     rows = db_rows(url, "stream_secrets")
     assert sorted(r["state"] for r in rows) == ["current", "retired"]
     assert new_secret not in str(rows) and new_secret not in bot.log()
-    grants = db_rows(url, "grants")
-    assert {g["secret_version"] for g in grants} == {max(r["version"] for r in rows)}
+    # Each grant records the secret its DM's link was minted with: the new one.
+    newest = max(r["version"] for r in rows)
+    wait_for(lambda: {g["secret_version"] for g in db_rows(url, "grants")} == {newest})
+
+
+def test_a_dm_rendered_with_the_old_secret_is_edited_once_it_lands(start_bot, slack, ams):
+    """The rotation window: Bob's invitation is rendered (its token signed with the
+    old secret) and on its way to Slack when the secret rotates and the re-issue
+    edits every DM it knows of. His lands after that, with a dead link; the next
+    sweep finds it by the secret version it was rendered with and edits it."""
+    bot = start_bot(**rotation_env())
+    url = bot.env["DATABASE_URL"]
+    in_flight = slack.hold("chat.postMessage", channel=BOB)
+    r = sender_for(bot, slack).command(f"sync <@{BOB}>", user_id=ALICE)
+    assert in_flight.arrived.wait(10)  # rendered with the old secret, not yet posted
+    (room,) = db_rows(url, "rooms")
+    (alice_link,) = wait_for(lambda: dm_links(slack, ALICE))
+
+    age_the_secret(url)
+    wait_for(lambda: ams.settings["jwtStreamSecretKey"] != STREAM_SECRET, timeout=10)
+    assert not ams.check_join(room["id"], token_of(alice_link))[0]
+    # The re-issue ran: Alice's DM (the one it knew of) now holds a working link.
+    wait_for(lambda: dm_links(slack, ALICE) != [alice_link], timeout=10)
+    assert ams.check_join(room["id"], token_of(dm_links(slack, ALICE)[0]))[0]
+
+    in_flight.release()  # Bob's invitation lands now, after the re-issue
+    (old_link,) = wait_for(lambda: dm_links(slack, BOB))
+    assert not ams.check_join(room["id"], token_of(old_link))[0]
+    wait_for(lambda: any("is open until" in t for t in response_texts(slack, r.response_key)))
+    # A later sweep edits it in place with a link that works.
+    wait_for(lambda: dm_links(slack, BOB) != [old_link], timeout=15)
+    assert len(slack.dms_to(BOB)) == 1
+    (new_link,) = dm_links(slack, BOB)
+    assert ams.check_join(room["id"], token_of(new_link))[0]
+    # And only once: further sweeps owe it nothing more.
+    settled(bot)
+    edits = len(slack.calls_to("chat.update"))
+    sweep_more(bot, n=3)
+    settled(bot)
+    assert len(slack.calls_to("chat.update")) == edits
 
 
 def test_three_replicas_rotate_once(start_bot, postgres_url, slack, ams):

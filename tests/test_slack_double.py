@@ -182,6 +182,112 @@ def test_users_info(double, client):
     assert e.value.response["error"] == "user_not_found"
 
 
+def test_users_info_finds_people_of_the_tokens_own_workspace_org_or_slack_connect(double):
+    """users.info answers user_not_found for a person of an unrelated workspace."""
+    other = double.add_workspace("T0002")
+    grid = double.add_workspace("T0003", enterprise_id="E0001")
+    double.add_user("UOTHER01", "olga", team_id="T0002")
+    double.add_user("UGRID001", "gina", team_id="T0004", enterprise_id="E0001")
+    double.add_user("UCONNECT", "connie", team_id="T0009", connect=True)
+
+    def info(token: str, user: str) -> dict | str:
+        try:
+            return WebClient(token=token, base_url=double.api_url).users_info(user=user)["user"]
+        except SlackApiError as e:
+            return e.response["error"]
+
+    assert info(TOKEN, "UOTHER01") == "user_not_found"
+    assert info(other, "UOTHER01")["team_id"] == "T0002"
+    assert info(other, "U2") == "user_not_found"
+    # The same Enterprise Grid org: found, with the org and the person's workspaces.
+    gina = info(grid, "UGRID001")
+    assert gina["team_id"] == "T0004"
+    assert gina["enterprise_user"]["enterprise_id"] == "E0001"
+    assert gina["enterprise_user"]["teams"] == ["T0004"]
+    assert info(TOKEN, "UGRID001") == "user_not_found"
+    assert "enterprise_user" not in info(TOKEN, "U2")
+    # Slack Connect: every workspace finds them, with their own workspace.
+    assert info(TOKEN, "UCONNECT")["team_id"] == "T0009"
+    assert info(other, "UCONNECT")["team_id"] == "T0009"
+
+
+def test_conversations_members_pages_through_a_channel(double, client):
+    people = [f"UM{i:03d}" for i in range(7)]
+    for u in people:
+        double.add_user(u)
+    double.add_channel("C7", "seven", members=people)
+    first = client.conversations_members(channel="C7", limit=3)
+    assert first["members"] == people[:3]
+    cursor = first["response_metadata"]["next_cursor"]
+    assert cursor
+    seen = list(first["members"])
+    while cursor:
+        page = client.conversations_members(channel="C7", limit=3, cursor=cursor)
+        seen += page["members"]
+        cursor = page["response_metadata"]["next_cursor"]
+    # Every member once, the bot too (it is in the channel), nobody else.
+    assert seen == [*people, double.bot_user_id]
+    everyone = client.conversations_members(channel="C7")  # default limit 100: one page
+    assert everyone["members"] == seen and everyone["response_metadata"]["next_cursor"] == ""
+    double.join_channel("C7", "U2")
+    double.leave_channel("C7", people[0])
+    assert "U2" in client.conversations_members(channel="C7")["members"]
+    assert people[0] not in client.conversations_members(channel="C7")["members"]
+    bad_args = ((dict(cursor="bm9wZQ=="), "invalid_cursor"), (dict(limit="x"), "invalid_limit"))
+    for bad, error in bad_args:
+        with pytest.raises(SlackApiError) as e:
+            client.conversations_members(channel="C7", **bad)
+        assert e.value.response["error"] == error
+
+
+def test_conversations_members_is_refused_like_slack(double, client):
+    double.add_channel("GSECRET1", "secret", is_private=True, bot_member=False, members=["U2"])
+    double.add_channel("GPRIV001", "priv", is_private=True, members=["U3"])
+    double.add_channel("CPUB0001", "pub", bot_member=False, members=["U2"])
+
+    def error(channel: str, c: WebClient = client) -> str | None:
+        try:
+            c.conversations_members(channel=channel)
+        except SlackApiError as e:
+            return e.response["error"]
+        return None
+
+    # A private channel the bot is not in, a DM that is not the bot's, an unknown id.
+    assert error("GSECRET1") == "channel_not_found"
+    assert error("D0OTHERDM") == "channel_not_found"
+    assert error("CNOPE") == "channel_not_found"
+    # A public channel it is not in: readable, and the bot is not listed.
+    assert client.conversations_members(channel="CPUB0001")["members"] == ["U2"]
+    assert client.conversations_members(channel="GPRIV001")["members"] == ["U3", "UMEETBOT"]
+    # The bot's own DM with someone: the two of them.
+    dm = client.conversations_open(users="U2")["channel"]["id"]
+    assert client.conversations_members(channel=dm)["members"] == ["U2", double.bot_user_id]
+    # Each kind of conversation needs its own read scope.
+    double.scopes = [s for s in double.scopes if s not in ("groups:read", "im:read")]
+    assert error("GPRIV001") == "missing_scope"
+    assert error(dm) == "missing_scope"
+    assert error("CPUB0001") is None
+    double.scopes = [s for s in double.scopes if s != "channels:read"]
+    with pytest.raises(SlackApiError) as e:
+        client.conversations_members(channel="CPUB0001")
+    assert e.value.response["needed"] == "channels:read"
+
+
+def test_a_held_call_waits_until_released(double, client):
+    hold = double.hold("chat.postMessage", channel="U2")
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (client.chat_postMessage(channel="U2", text="late"), done.set()),
+        daemon=True,
+    ).start()
+    assert hold.arrived.wait(5)
+    client.chat_postMessage(channel="U3", text="others go through")
+    assert double.dms_to("U2") == [] and not done.is_set()
+    hold.release()
+    assert done.wait(5)
+    assert [m["text"] for m in double.dms_to("U2")] == ["late"]
+
+
 def test_conversations_open(double, client):
     assert client.conversations_open(users="U2")["channel"]["id"] == "DU2"
     with pytest.raises(SlackApiError) as e:

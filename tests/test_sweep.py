@@ -125,7 +125,7 @@ def test_sweep_records_confirmed_revokes_in_bulk_and_backs_off_refusals(
         ams.fail_next(2, status=500, path_regex=f"/broadcasts/{room_id}$")
     changes: list[tuple[str, list[str]]] = []
     ended: list[str] = []
-    rooms.on_change = lambda team, users: changes.append((team, users))
+    rooms.on_change = lambda team, users, org=None: changes.append((team, users))
     rooms.calls = EndedCalls(ended)
     ams.clear_requests()
 

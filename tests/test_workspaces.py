@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -37,12 +38,19 @@ def install(bot, slack, team_id):
     )
 
 
+def second_workspace_people(slack):
+    """Erin and Fred, of the second workspace; the double's C1 stands for a channel of
+    each workspace, so they are in it too."""
+    slack.add_user(ERIN, "erin", team_id=T2)
+    slack.add_user(FRED, "fred", team_id=T2)
+    slack.join_channel("C1", ERIN, FRED)
+
+
 def oauth_bot(start_bot, slack, **extra):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     if not any(w["team_id"] == T2 for w in slack.workspaces.values()):
         slack.add_workspace(T2)
-    slack.add_user(ERIN, "erin")
-    slack.add_user(FRED, "fred")
+    second_workspace_people(slack)
     return start_bot(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,
@@ -50,6 +58,13 @@ def oauth_bot(start_bot, slack, **extra):
         MEETBOT_SECRET_KEY=SECRET_KEY,
         **extra,
     )
+
+
+def grid_people(slack):
+    """Alice and Bob as people of the Enterprise Grid org E0001: Alice in its
+    workspace T0003, Bob in another workspace of the org, T0004."""
+    slack.add_user(ALICE, "alice", team_id="T0003", enterprise_id="E0001")
+    slack.add_user(BOB, "bob", team_id="T0004", enterprise_id="E0001")
 
 
 def token_of_team(slack, team_id):
@@ -127,8 +142,7 @@ def test_a_team_room_opens_on_schedule_in_its_own_workspace(start_bot, slack, am
 
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace(T2)
-    slack.add_user(ERIN, "erin")
-    slack.add_user(FRED, "fred")
+    second_workspace_people(slack)
     settings = dict(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,
@@ -172,6 +186,7 @@ def test_oauth_scopes_match_the_manifest():
 def test_enterprise_grid_org_install_is_keyed_by_the_enterprise(start_bot, slack, ams):
     slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
     slack.add_workspace("T0003", enterprise_id="E0001")
+    grid_people(slack)
     bot = start_bot(
         SLACK_BOT_TOKEN="",
         SLACK_CLIENT_ID=CLIENT_ID,
@@ -326,3 +341,124 @@ def test_tokens_revoked_uninstalls_only_when_the_bot_token_goes(start_bot, slack
     assert db_rows(url, "slack_installations") == [] and db_rows(url, "slack_bots") == []
     assert [room["state"] for room in db_rows(url, "rooms")] == ["revoked"]
     assert rooms_on_ams(ams) == []
+
+
+# -- Enterprise Grid and OAuth: the App Home, the schedule form, the operator's CLI ------------
+def install_org(bot, slack, org: str = "E0001", team: str = "T0003") -> None:
+    """An org-wide install of the Grid org ``org``, approved from its workspace ``team``."""
+    page = requests.get(bot.url + "/slack/install", timeout=5)
+    state = re.search(r"state=([\w-]+)", page.text).group(1)
+    code = slack.issue_oauth_code(team, is_enterprise_install=True)
+    done = requests.get(
+        bot.url + "/slack/oauth_redirect",
+        params={"code": code, "state": state},
+        headers={"Cookie": page.headers["Set-Cookie"].split(";", 1)[0]},
+        timeout=10,
+    )
+    assert done.status_code == 200, done.text
+
+
+def test_the_app_home_of_an_org_wide_install_is_published_with_the_orgs_token(
+    start_bot, slack, ams
+):
+    """Such an install is found by its org, not its workspace: every Home publish must
+    say which org (opening the Home, a room changing, the outcome of a click)."""
+    from bot.home import view as home
+    from tests.test_home import home_of, notice
+
+    slack.enable_oauth(CLIENT_ID, CLIENT_SECRET)
+    org_token = slack.add_workspace("T0003", enterprise_id="E0001")
+    grid_people(slack)
+    bot = start_bot(
+        SLACK_BOT_TOKEN="",
+        SLACK_CLIENT_ID=CLIENT_ID,
+        SLACK_CLIENT_SECRET=CLIENT_SECRET,
+        MEETBOT_SECRET_KEY=SECRET_KEY,
+    )
+    install_org(bot, slack)
+    grid = SlackSender(
+        bot.url + "/slack/events",
+        SIGNING_SECRET,
+        team_id="T0003",
+        double=slack,
+        enterprise_id="E0001",
+        enterprise_install=True,
+    )
+    r = grid.event(
+        {"type": "app_home_opened", "user": ALICE, "channel": "D" + ALICE, "tab": "home"}
+    )
+    assert r.status_code == 200
+    wait_for(lambda: home_of(slack, ALICE))
+    # A room opening redraws it (the rooms' change hook, off any request).
+    r = grid.command(f"grid sync <@{BOB}>", user_id=ALICE)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    (room,) = db_rows(bot.env["DATABASE_URL"], "rooms")
+    wait_for(lambda: f"home:own:{room['id']}" in json.dumps(home_of(slack, ALICE)))
+    # A click on the Home is answered on the Home.
+    grid.block_action(home.ACTION_END, room["id"], user_id=ALICE, channel_id="D" + ALICE)
+    wait_for(lambda: "Ended" in notice(home_of(slack, ALICE)))
+    publishes = slack.calls_to("views.publish")
+    assert publishes and all(c.ok for c in publishes)
+    assert {c.team_id for c in publishes} == {"T0003"}
+    assert org_token not in bot.log()
+
+
+def test_a_bare_meet_schedule_opens_the_form_in_an_oauth_workspace(start_bot, slack, ams):
+    """No SLACK_BOT_TOKEN here: the form opens with the listener's client (its token)."""
+    bot = oauth_bot(start_bot, slack)
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command("schedule", user_id=ERIN)
+    assert r.status_code == 200
+    (opened,) = slack.wait_for_calls("views.open")
+    assert opened.ok, opened.error
+    assert opened.team_id == T2
+    assert [v["callback_id"] for v in slack.views.values()] == ["meet_schedule_modal"]
+    settled(bot)
+    assert response_texts(slack, r.response_key) == []  # no "I couldn't open the form"
+
+
+def test_meetbot_rooms_end_and_link_use_the_workspaces_own_token(start_bot, slack, ams):
+    """The operator's CLI has no SLACK_BOT_TOKEN in OAuth mode: it speaks for each room's
+    workspace with the token installed there, to edit its DMs and to ask who may join."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from bot.ops.cli import main
+
+    gina = "UGINA002"  # of the second workspace, in the room's channel, not invited
+    bot = oauth_bot(start_bot, slack)
+    slack.add_user(gina, "gina", team_id=T2)
+    slack.join_channel("C1", gina)
+    url = bot.env["DATABASE_URL"]
+    assert install(bot, slack, T2).status_code == 200
+    two = SlackSender(bot.url + "/slack/events", SIGNING_SECRET, team_id=T2, double=slack)
+    r = two.command(f"retro <@{FRED}>", user_id=ERIN)
+    wait_for(lambda: any("is open" in t for t in response_texts(slack, r.response_key)))
+    settled(bot)
+    env = dict(bot.env)
+    assert bot.terminate() == 0
+    (room,) = db_rows(url, "rooms")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        linked = CliRunner().invoke(main, ["link", room["id"], "--user", gina], env=env)
+        assert linked.exit_code == 0, linked.output
+        assert f"/Conference/{room['id']}?token=" in linked.stdout
+        asked = [c for c in slack.calls_to("users.info") if c.args.get("user") == gina]
+        assert asked and {c.team_id for c in asked} == {T2}
+        assert {c.team_id for c in slack.calls_to("conversations.members")} == {T2}
+
+        updates_before = len(slack.calls_to("chat.update"))
+        ended = CliRunner().invoke(main, ["rooms", "end", room["id"]], env=env)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert ended.exit_code == 0, ended.output
+    assert "3 message edit(s) sent" in ended.stdout
+    updates = slack.calls_to("chat.update")[updates_before:]
+    assert len(updates) == 3 and all(c.ok for c in updates)
+    assert {c.team_id for c in updates} == {T2}
+    for user in (ERIN, FRED):
+        assert "ended" in slack.dms_to(user)[-1]["text"].lower()

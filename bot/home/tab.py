@@ -69,15 +69,20 @@ class HomeTab:
         self._scheduled = False
         self._closed = False
         self._notices: dict[tuple[str, str], tuple[float, str]] = {}
+        # Enterprise Grid: the org of each workspace seen, so a Home of an org-wide
+        # install is published with the org's token (found by the org, not the team).
+        self._orgs: dict[str, str] = {}
         self._pool = ContextThreadPoolExecutor(max_workers=PUBLISHERS, thread_name_prefix="home")
 
     # -- what callers use ------------------------------------------------------------
-    def changed(self, team_id: str, users: Iterable[str]) -> None:
+    def changed(self, team_id: str, users: Iterable[str], enterprise_id: str | None = None) -> None:
         """Mark these people's Homes stale; they are republished shortly, once each.
 
         Never raises and never blocks on Slack: it is called from inside room
         operations that must not fail because a Home could not be refreshed.
+        ``enterprise_id``: the workspace's Enterprise Grid org, if any.
         """
+        self._remember_org(team_id, enterprise_id)
         with self._lock:
             if self._closed:
                 return
@@ -91,12 +96,15 @@ class HomeTab:
             with self._lock:
                 self._scheduled = False
 
-    def notice(self, team_id: str, user_id: str, text: str) -> None:
+    def notice(
+        self, team_id: str, user_id: str, text: str, enterprise_id: str | None = None
+    ) -> None:
         """Show ``text`` at the top of the person's Home for a while, and republish it.
 
         Clicks on the Home and the New-room modal have no response_url, so
         the Home itself is where their outcome is told.
         """
+        self._remember_org(team_id, enterprise_id)
         with self._lock:
             self._notices[(team_id, user_id)] = (self.clock(), text)
         self.changed(team_id, [user_id])
@@ -118,8 +126,9 @@ class HomeTab:
             max_ttl=self.max_ttl,
         )
 
-    def opened(self, team_id: str, user_id: str) -> bool:
+    def opened(self, team_id: str, user_id: str, enterprise_id: str | None = None) -> bool:
         """``app_home_opened``: from now on keep this Home current; draw it now."""
+        self._remember_org(team_id, enterprise_id)
         try:
             self.store.home_opened(team_id, user_id)
         except Exception:  # the database: still draw the Home
@@ -130,7 +139,9 @@ class HomeTab:
         """Render and ``views.publish`` one person's Home now; False if Slack refused."""
         try:
             view = self.render(team_id, user_id)
-            with acting_for(team_id):
+            with self._lock:
+                org = self._orgs.get(team_id)
+            with acting_for(team_id, org):
                 self.slack.publish_home(user_id, view)
             return True
         except SlackSendError as e:
@@ -147,6 +158,11 @@ class HomeTab:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- internals -------------------------------------------------------------------
+    def _remember_org(self, team_id: str, enterprise_id: str | None) -> None:
+        if enterprise_id:
+            with self._lock:
+                self._orgs[team_id] = enterprise_id
+
     def _current_notice(self, team_id: str, user_id: str) -> str | None:
         with self._lock:
             entry = self._notices.get((team_id, user_id))

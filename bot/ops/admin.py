@@ -494,70 +494,49 @@ def support_link(
 ) -> tuple[str, int]:
     """A personal join link for ``user_id`` through the room's grant (made when missing).
 
-    The grant and an audit row are committed before the token exists, so every
-    link handed out is on record. Returns ``(link, exp)``; never logs the link.
+    Only for someone the admission policy admits (``bot/rooms/admission.py``):
+    an invitee, the owner, a member of the room's channel; asking Slack with the
+    room's workspace token. The grant and an audit row are committed before the
+    token exists, so every link handed out is on record. Returns ``(link, exp)``;
+    never logs the link.
     """
-    from sqlalchemy import select
-    from sqlalchemy.exc import IntegrityError
-
-    from bot.store import Grant, Room, RoomState
-    from bot.tokens import circle_link, mint_join_token, new_jti
+    from bot.rooms.admission import plain
+    from bot.store import RoomState
+    from bot.tokens import circle_link, mint_join_token
 
     store, settings = services.store, services.settings
     try:
-        version, secret = services.secrets.current()
+        _, secret = services.secrets.current()
     except Exception as e:  # NoCurrentSecret, VaultError: their messages hold no secret
         raise LinkRefused(f"no stream secret to sign with: {e}") from None
     if not secret:
         raise LinkRefused("no stream secret to sign with (AMS_JWT_SECRET is unset)")
-    for attempt in range(2):
-        try:
-            with store.write() as tx:
-                room = tx.get(Room, room_id)
-                if room is None:
-                    raise LinkRefused(f"no room {room_id}")
-                if room.state != RoomState.ACTIVE:
-                    raise LinkRefused(f"room {room_id} is not active (state {room.state})")
-                q = select(Grant).where(Grant.room_id == room_id, Grant.user_id == user_id)
-                grant = tx.scalars(q.with_for_update()).first()
-                created = grant is None
-                if grant is None:
-                    t = _now()
-                    grant = Grant(
-                        room_id=room_id,
-                        team_id=room.team_id,
-                        enterprise_id=room.enterprise_id,
-                        user_id=user_id,
-                        display_name=display_name[:120] if display_name else None,
-                        jti=new_jti(),
-                        exp=room.expires_at + settings.token_grace,
-                        secret_version=version,
-                        created_at=t,
-                    )
-                    tx.add(grant)
-                    tx.flush()
-                elif grant.revoked_at is not None:
-                    raise LinkRefused(
-                        f"{user_id} was removed from room {room_id}; not handing out a link"
-                    )
-                store.audit(
-                    tx,
-                    "link",
-                    actor=actor,
-                    team_id=room.team_id,
-                    room_id=room_id,
-                    user=user_id,
-                    grant_created=created,
-                    os_user=_os_user(),
-                )
-                claims = (grant.jti, grant.exp, grant.display_name or display_name)
-            break
-        except IntegrityError:
-            if attempt:  # someone made the same grant at the same moment twice: give up
-                raise
-    jti, exp, name = claims
-    token = mint_join_token(room_id=room_id, user_id=user_id, exp=exp, jti=jti, secret=secret)
-    return circle_link(settings.ams_url, settings.ams_app, room_id, token, name), exp
+    room = store.room(room_id)
+    if room is None:
+        raise LinkRefused(f"no room {room_id}")
+    if room.state != RoomState.ACTIVE:
+        raise LinkRefused(f"room {room_id} is not active (state {room.state})")
+    grant, refusal = services.rooms.grant_for(
+        room, user_id, via="cli", actor=actor, display_name=display_name
+    )
+    if refusal is not None:
+        raise LinkRefused(f"{plain(refusal.about)}; not handing out a link")
+    assert grant is not None
+    with store.write() as tx:
+        store.audit(
+            tx,
+            "link",
+            actor=actor,
+            team_id=room.team_id,
+            room_id=room_id,
+            user=user_id,
+            os_user=_os_user(),
+        )
+    token = mint_join_token(
+        room_id=room_id, user_id=user_id, exp=grant.exp, jti=grant.jti, secret=secret
+    )
+    name = grant.display_name or display_name
+    return circle_link(settings.ams_url, settings.ams_app, room_id, token, name), grant.exp
 
 
 @click.command()

@@ -332,7 +332,8 @@ class Demo:
             self.slack = SlackDouble(bot_token=BOT_TOKEN, team_id=TEAM_ID, seed=False).start()
             self._started.append(self.slack.stop)
             self.slack.team_name = "meetbot demo"
-            self.slack.add_channel(CHANNEL_ID, CHANNEL_NAME)
+            # Everyone is in the demo's channel, so "Get my link" on its card works for all.
+            self.slack.add_channel(CHANNEL_ID, CHANNEL_NAME, members=[p.id for p in PEOPLE])
             for p in PEOPLE:
                 self.slack.add_user(p.id, p.name, tz=p.tz, is_admin=p.admin)
 

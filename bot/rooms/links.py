@@ -192,18 +192,23 @@ class Links:
         mints the token only when clicked. Otherwise, or with ``direct=True``
         (that click), the Circle link minted now with the current secret.
         """
+        return self._link(room, grant, direct=direct)[0]
+
+    def _link(self, room: Room, grant: Grant, *, direct: bool) -> tuple[str, int | None]:
+        """``link_for``, and the stream-secret version a direct link was minted with
+        (None for a click-time link, which mints at the click)."""
         if not direct:
             public = self.public_link(room, grant)
             if public is not None:
-                return public
-        _, secret = self.secrets.current()
+                return public, None
+        version, secret = self.secrets.current()
         token = mint_join_token(
             room_id=room.id, user_id=grant.user_id, exp=grant.exp, jti=grant.jti, secret=secret
         )
         stream_id = None
         if self.settings.slack_calls and room.slack_call_id:
             stream_id = participant_stream_id(self.settings, room.id, grant.user_id)
-        return circle_link(
+        link = circle_link(
             self.settings.ams_url,
             self.settings.ams_app,
             room.id,
@@ -211,9 +216,21 @@ class Links:
             grant.display_name,
             stream_id=stream_id,
         )
+        return link, version
 
     def invite(self, room: Room, grant: Grant) -> tuple[str, list[dict[str, Any]]]:
-        link = self.link_for(room, grant)
+        """The DM that carries ``grant``'s link, as it goes out now.
+
+        A direct link's secret version is recorded on the grant
+        (``Grant.secret_version``) before the DM is sent: a DM rendered with a
+        secret that is rotated away meanwhile is then found stale and edited
+        by the next re-issue (``Rooms.reissue_links``), whenever it landed.
+        """
+        link, version = self._link(room, grant, direct=False)
+        if version is not None and grant.secret_version != version:
+            with self.store.write() as tx:
+                tx.execute(update(Grant).where(Grant.id == grant.id).values(secret_version=version))
+            grant.secret_version = version
         return messages.invite_dm(
             room_id=room.id,
             topic=room.topic,

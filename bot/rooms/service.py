@@ -12,13 +12,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot import leases
 from bot.ams.client import AmsClient, AmsError, AmsIdTaken, AmsInvalidId, AmsNotFound
 from bot.ams.marker import ams_marker, is_ours
 from bot.ams.stream_secret import SecretSource
@@ -26,19 +26,22 @@ from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
 from bot.rooms.access import PLAY, PUBLISH, seen_recently
+from bot.rooms.admission import Admission, Admitted, Refused, new_grant, refusal_record
 from bot.rooms.links import Links
 from bot.rooms.replies import Replies
 from bot.rooms.streams import Streams
 from bot.slack import messages
 from bot.slack.calls import SlackCalls
-from bot.slack.gateway import SlackGateway, UnknownUser, UserInfo, acting_for
+from bot.slack.gateway import SlackGateway, acting_for
 from bot.slack.outbox import OutboxWorker
-from bot.store import Grant, Job, Outbox, OutboxState, Room, RoomState, Store
-from bot.tokens import new_jti, new_room_id
+from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
+from bot.tokens import new_room_id
 
 log = logging.getLogger("meetbot.rooms")
 
 LINK_RESEND_WINDOW_S = 30  # a second "Get my link" click within this sends nothing
+REISSUE_JOB = "reissue"  # the job lease of the stale-DM scan (Rooms.reissue_links)
+REISSUE_LEASE_S = 60
 CLEANUP_ATTEMPTS = 3  # deletes of a room whose create failed unclearly
 STUCK_CREATING_S = 300  # far longer than a create with all its retries takes
 MARK_CHUNK = 500  # rooms per IN (...) list when revokes are recorded in bulk
@@ -57,6 +60,10 @@ class Stopped:
 
     stopped: int = 0  # AMS stopped them: the person was disconnected
     failed: int = 0  # AMS did not answer: they may still be connected
+
+
+#: Whose view of rooms changed, by workspace: (team, Grid org) -> people, in order.
+People = dict[tuple[str, str | None], dict[str, None]]
 
 
 class RoomError(Exception):
@@ -104,12 +111,12 @@ class Rooms:
         clock: Callable[[], float] = time.time,
         streams: Streams | None = None,
         calls: SlackCalls | None = None,
-        on_change: Callable[[str, list[str]], None] | None = None,
+        on_change: Callable[[str, list[str], str | None], None] | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         """``owner`` names this process in leases; ``streams`` knows whose streams AMS
         carries (what a kick and an end stop); ``calls`` registers rooms as Slack
-        Calls; ``on_change(team, users)`` hears whose view of rooms changed (the App
+        Calls; ``on_change(team, users, org)`` hears whose view of rooms changed (the App
         Home); ``on_event(name)`` counts "created", "revoked" and "failed" (metrics)."""
         self.settings = settings
         self.store = store
@@ -125,6 +132,7 @@ class Rooms:
         self.on_change = on_change
         self.on_event = on_event
         self.replies = Replies(store, slack)
+        self.admission = Admission(settings, slack)
         self._lookup_pool = ContextThreadPoolExecutor(
             max_workers=LOOKUP_THREADS, thread_name_prefix="users"
         )
@@ -137,38 +145,26 @@ class Rooms:
         self._lookup_pool.shutdown(wait=True)
 
     # -- people ---------------------------------------------------------
-    def resolve_people(self, requester: str, invitees: Sequence[str]) -> list[UserInfo]:
-        """users.info for everyone, refusing bots, unknown and deactivated users."""
-        ids = [requester, *[u for u in invitees if u != requester]]
-        asked = [self.slack.ask_user(u, self._lookup_pool) for u in ids]
-        results = [self._judge(u, f) for u, f in zip(ids, asked, strict=True)]
-        problems = [msg for _, msg in results if msg]
+    def resolve_people(
+        self,
+        requester: str,
+        invitees: Sequence[str],
+        *,
+        team_id: str,
+        enterprise_id: str | None = None,
+    ) -> list[Admitted]:
+        """The owner and invitees of a room about to open, as the admission policy
+        admits them; a RoomError (for the requester) when any of them is refused."""
+        decisions = self.admission.for_open(
+            team_id, enterprise_id, requester, invitees, lookups=self._lookup_pool
+        )
+        refused = [d for d in decisions if isinstance(d, Refused)]
+        problems = [d.about for d in refused if d.why != "guest_owner"]
         if problems:
             raise RoomError("I didn't open a room: " + "; ".join(problems) + ".")
-        people = [info for info, _ in results if info]
-        owner = people[0]
-        if owner.is_guest and not self.settings.allow_guests:
-            raise RoomError(
-                "Guest accounts can join rooms they are invited to, but can't open rooms here. "
-                "Ask a full member of the workspace to invite you."
-            )
-        return people
-
-    @staticmethod
-    def _judge(user_id: str, asked: Future[UserInfo]) -> tuple[UserInfo | None, str | None]:
-        """Who ``user_id`` is, or why they cannot be in a room."""
-        try:
-            info = asked.result()
-        except UnknownUser:
-            return None, f"I can't find <@{user_id}>"
-        except Exception as e:  # Slack down: say so rather than guess
-            log.warning("users.info failed: %s", type(e).__name__)
-            return None, f"Slack didn't tell me who <@{user_id}> is (try again in a moment)"
-        if info.is_bot:
-            return None, f"<@{user_id}> is a bot and can't join a room"
-        if info.deleted:
-            return None, f"<@{user_id}> is deactivated"
-        return info, None
+        if refused:
+            raise RoomError(refused[0].message)
+        return [d for d in decisions if isinstance(d, Admitted)]
 
     # -- open -------------------------------------------------------------
     def open_room(self, req: OpenRequest) -> Room | None:
@@ -178,7 +174,9 @@ class Rooms:
 
     def _open_room(self, req: OpenRequest) -> Room | None:
         try:
-            people = self.resolve_people(req.user_id, req.invitees)
+            people = self.resolve_people(
+                req.user_id, req.invitees, team_id=req.team_id, enterprise_id=req.enterprise_id
+            )
             room = self._create(req, people)
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
@@ -190,7 +188,7 @@ class Rooms:
         self.outbox.kick()
         return room
 
-    def _create(self, req: OpenRequest, people: list[UserInfo]) -> Room:
+    def _create(self, req: OpenRequest, people: list[Admitted]) -> Room:
         s = self.settings
         duration = req.duration or s.room_ttl
         start = self.now()
@@ -216,6 +214,8 @@ class Rooms:
                         raise RoomError(f"Room `{prior.id}` failed to open ({prior.end_reason}).")
                     return prior  # opened by an earlier try: never a second room
                 if req.schedule_id is None:
+                    # Count and insert as one step per person (PostgreSQL: an advisory lock).
+                    self.store.lock_person(tx, req.team_id, req.user_id)
                     open_count = self.store.count_open_rooms(tx, req.team_id, req.user_id)
                     if open_count >= s.max_open_rooms_per_user:
                         raise RoomError(
@@ -309,30 +309,21 @@ class Rooms:
             # Reconciliation removes it later: it carries our marker.
             log.warning("could not clean up room %s on AMS: %s", room_id, e)
 
-    def _activate(self, room: Room, req: OpenRequest, people: list[UserInfo]) -> Room:
+    def _activate(self, room: Room, req: OpenRequest, people: list[Admitted]) -> Room:
         version, _ = self.secrets.current()
-        exp = room.expires_at + self.settings.token_grace
         t = self.now()
         with self.store.write() as tx:
             row = tx.get(Room, room.id)
             assert row is not None
             row.state = RoomState.ACTIVE
             for person in people:
-                grant = Grant(
-                    room_id=row.id,
-                    team_id=row.team_id,
-                    enterprise_id=row.enterprise_id,
-                    user_id=person.id,
-                    display_name=(person.display_name or person.name)[:120],
-                    jti=new_jti(),
-                    exp=exp,
-                    secret_version=version,
-                    link_sent_at=t,
-                    created_at=t,
+                grant = new_grant(
+                    row, person, secret_version=version, now=t, grace=self.settings.token_grace
                 )
+                grant.link_sent_at = t
                 tx.add(grant)
                 tx.flush()
-                tx.add(self._outbox(row, "dm_link", person.id, grant_id=grant.id))
+                tx.add(self._outbox(row, "dm_link", person.user_id, grant_id=grant.id))
             tx.add(self._outbox(row, "room_card", row.channel_id))
             self.store.audit(
                 tx,
@@ -340,7 +331,7 @@ class Rooms:
                 actor=req.user_id,
                 team_id=row.team_id,
                 room_id=row.id,
-                invitees=[p.id for p in people[1:]],
+                invitees=[p.user_id for p in people[1:]],
                 expires_at=row.expires_at,
             )
             room = row
@@ -380,61 +371,59 @@ class Rooms:
 
     # -- links ------------------------------------------------------------
     def send_link(self, team_id: str, room_id: str, user_id: str, response_url: str | None) -> bool:
-        """A "Get my link" click: DM the clicker their own link, once per click burst."""
+        """A "Get my link" click: DM the clicker their own link, once per click burst.
+
+        Whether they may have one is the admission policy's answer
+        (``bot/rooms/admission.py``); a forged click is refused like a real one.
+        """
         room = self.store.room(room_id, team_id)
         if room is None or room.state != RoomState.ACTIVE:
             self.replies.tell(response_url, "This room has ended. Start a new one with `/meet`.")
             return False
-        try:
-            info = self.slack.user_info(user_id)
-        except Exception:
-            info = None
+        decision = self.admission.for_room(
+            room, user_id, self.grant_of(room_id, user_id), team_id=team_id
+        )
         t = self.now()
         version, _ = self.secrets.current()
-        refusal = None
-        with self.store.write() as tx:
-            q = (
-                select(Grant)
-                .where(Grant.room_id == room_id, Grant.user_id == user_id)
-                .with_for_update()
-            )
-            grant = tx.scalars(q).first()
-            if grant is None and info is None:
-                # Fail closed: without users.info we cannot tell a guest from a member.
-                refusal = "Slack didn't tell me who you are just now; please try again in a moment."
-            elif (
-                grant is None
-                and info is not None
-                and info.is_guest
-                and not self.settings.allow_guests
-            ):
-                refusal = "Guests can only join rooms they were invited to."
-            elif grant is not None and grant.revoked_at is not None:
-                refusal = "The room's owner removed you from this room."
-            elif (
-                grant is not None
-                and grant.link_sent_at
-                and (t - grant.link_sent_at < LINK_RESEND_WINDOW_S)
-            ):
-                refusal = "Your link is in your DMs with me."
-            else:
-                if grant is None:
-                    grant = Grant(
-                        room_id=room_id,
+        refusal = decision.message if isinstance(decision, Refused) else None
+        if refusal is None:
+            with self.store.write() as tx:
+                grant = tx.scalars(
+                    select(Grant)
+                    .where(Grant.room_id == room_id, Grant.user_id == user_id)
+                    .with_for_update()
+                ).first()
+                if grant is not None:  # theirs already, or made (or barred) since the decision
+                    decision = self.admission.for_room(room, user_id, grant)
+                if isinstance(decision, Refused):
+                    refusal = decision.message
+                elif (
+                    grant is not None
+                    and grant.link_sent_at
+                    and (t - grant.link_sent_at < LINK_RESEND_WINDOW_S)
+                ):
+                    refusal = "Your link is in your DMs with me."
+                else:
+                    if grant is None:
+                        grant = new_grant(
+                            room,
+                            decision,
+                            secret_version=version,
+                            now=t,
+                            grace=self.settings.token_grace,
+                        )
+                        tx.add(grant)
+                        tx.flush()
+                    grant.link_sent_at = t
+                    tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
+                    self.store.audit(
+                        tx,
+                        "link",
+                        actor=user_id,
                         team_id=team_id,
-                        enterprise_id=room.enterprise_id,
-                        user_id=user_id,
-                        display_name=(info.display_name if info else None),
-                        jti=new_jti(),
-                        exp=room.expires_at + self.settings.token_grace,
-                        secret_version=version,
-                        created_at=t,
+                        room_id=room_id,
+                        admitted_as=decision.role,
                     )
-                    tx.add(grant)
-                    tx.flush()
-                grant.link_sent_at = t
-                tx.add(self._outbox(room, "dm_link", user_id, grant_id=grant.id))
-                self.store.audit(tx, "link", actor=user_id, team_id=team_id, room_id=room_id)
         # Replies go out after the transaction: never hold the write lock over HTTP.
         if refusal is not None:
             self.replies.tell(response_url, refusal)
@@ -443,54 +432,59 @@ class Rooms:
         self.replies.tell(response_url, "I've sent your personal link to you by DM.")
         return True
 
-    def grant_for_call(self, room: Room, user_id: str) -> tuple[Grant | None, str | None]:
-        """A Slack Call sign-in: the person's grant, made now if they have none.
-
-        ``(grant, None)``, or ``(None, why)`` where ``why`` names the page they see
-        (``removed``, ``unknown``, ``guest``, ``slack_down``).
-
-        The same rule as "Get my link": anyone in the workspace may join, a
-        guest only when invited (or MEETBOT_ALLOW_GUESTS), never after a kick.
-        """
+    def grant_of(self, room_id: str, user_id: str) -> Grant | None:
+        """The person's grant in the room (revoked ones too), or None."""
         with self.store.read() as s:
-            grant = s.scalar(
-                select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
-            )
-        if grant is not None:
-            return (None, "removed") if grant.revoked_at is not None else (grant, None)
-        try:
-            with acting_for(room.team_id, room.enterprise_id):
-                info = self.slack.user_info(user_id)
-        except Exception as e:  # fail closed: no new grant without knowing who it is for
-            log.warning("call join: users.info for %s failed: %s", user_id, type(e).__name__)
-            return None, "slack_down"
-        if info.is_bot or info.deleted:
-            return None, "unknown"
-        if info.is_guest and not self.settings.allow_guests:
-            return None, "guest"
+            return s.scalar(select(Grant).where(Grant.room_id == room_id, Grant.user_id == user_id))
+
+    def grant_for(
+        self,
+        room: Room,
+        user_id: str,
+        *,
+        via: str,
+        actor: str | None = None,
+        team_id: str | None = None,
+        display_name: str | None = None,
+    ) -> tuple[Grant | None, Refused | None]:
+        """The person's grant, made now if the admission policy admits them.
+
+        For the paths that hand out a link without a DM: a Slack Call sign-in
+        (``via="slack_call"``, ``team_id`` the workspace they signed in to) and
+        ``meetbot link`` (``via="cli"``). ``(grant, None)``, or ``(None, refusal)``.
+        A new grant is audited (``grant``, by ``actor``, default the person).
+        """
+        decision = self.admission.for_room(
+            room, user_id, self.grant_of(room.id, user_id), team_id=team_id
+        )
+        if isinstance(decision, Refused):
+            return None, decision
+        if decision.grant is not None:
+            return decision.grant, None
         version, _ = self.secrets.current()
-        t = self.now()
+        grant = new_grant(
+            room, decision, secret_version=version, now=self.now(), grace=self.settings.token_grace
+        )
+        if display_name:
+            grant.display_name = display_name[:120]
         try:
             with self.store.write() as tx:
-                grant = Grant(
-                    room_id=room.id,
-                    team_id=room.team_id,
-                    enterprise_id=room.enterprise_id,
-                    user_id=user_id,
-                    display_name=(info.display_name or info.name)[:120],
-                    jti=new_jti(),
-                    exp=room.expires_at + self.settings.token_grace,
-                    secret_version=version,
-                    created_at=t,
-                )
                 tx.add(grant)
-        except IntegrityError:  # the same person, a second tab, at the same moment
-            with self.store.read() as s:
-                grant = s.scalar(
-                    select(Grant).where(Grant.room_id == room.id, Grant.user_id == user_id)
+                self.store.audit(
+                    tx,
+                    "grant",
+                    actor=actor or user_id,
+                    team_id=room.team_id,
+                    room_id=room.id,
+                    user=user_id,
+                    via=via,
+                    admitted_as=decision.role,
                 )
-            if grant is None or grant.revoked_at is not None:
-                return None, "removed"
+        except IntegrityError:  # the same person, a second tab (or a kick), at the same moment
+            decision = self.admission.for_room(room, user_id, self.grant_of(room.id, user_id))
+            if isinstance(decision, Refused):
+                return None, decision
+            return decision.grant, None
         return grant, None
 
     # -- end ----------------------------------------------------------------
@@ -633,7 +627,7 @@ class Rooms:
             return []
         t = self.now()
         rooms: list[Room] = []
-        people: dict[str, dict[str, None]] = {}  # team -> owners and grantees, in order
+        people: People = {}  # (team, org) -> owners and grantees, in order
         with self.store.write() as tx:
             for i in range(0, len(room_ids), MARK_CHUNK):
                 rooms += self._mark_revoked_in(tx, room_ids[i : i + MARK_CHUNK], t, reason, people)
@@ -657,7 +651,7 @@ class Rooms:
         room_ids: Sequence[str],
         t: int,
         reason: str,
-        people: dict[str, dict[str, None]],
+        people: People,
     ) -> list[Room]:
         """``record_revoked`` for up to ``MARK_CHUNK`` rooms, inside ``tx``."""
         rooms = list(
@@ -696,10 +690,10 @@ class Rooms:
             execution_options={"synchronize_session": False},
         )
         for room in rooms:
-            people.setdefault(room.team_id, {})[room.owner_id] = None
+            people.setdefault((room.team_id, room.enterprise_id), {})[room.owner_id] = None
         for g in grants:
             room = by_id[g.room_id]
-            people[room.team_id][g.user_id] = None
+            people[(room.team_id, room.enterprise_id)][g.user_id] = None
             if g.dm_ts:
                 tx.add(self._dm_edit(room, g, "ended"))
         for room in rooms:
@@ -883,20 +877,8 @@ class Rooms:
                 if grant is not None and grant.revoked_at is not None:
                     refusal = f"<@{target_id}> was already removed from this room."
                 elif grant is None:
-                    # Bar them from "Get my link" on the channel card as well.
-                    tx.add(
-                        Grant(
-                            room_id=room_id,
-                            team_id=team_id,
-                            enterprise_id=room.enterprise_id,
-                            user_id=target_id,
-                            jti=new_jti(),
-                            exp=room.expires_at + self.settings.token_grace,
-                            secret_version=None,
-                            revoked_at=t,
-                            created_at=t,
-                        )
-                    )
+                    # Bar them from every other way in (Get my link, a Call, support).
+                    tx.add(refusal_record(room, target_id, now=t, grace=self.settings.token_grace))
                 else:
                     had_link = True
                     grant_id = grant.id
@@ -953,37 +935,46 @@ class Rooms:
         return out
 
     def reissue_links(self, version: int | None) -> int:
-        """After a secret rotation, edit every active room's DMs with links that work.
+        """Edit every active DM whose link was minted with a secret other than ``version``.
 
-        Claimed by inserting a marker job row for the version, so with several
-        replicas exactly one of them owes the edits.
+        Right after a rotation that is every active room's DMs. On later sweeps
+        it is the DMs rendered with the old secret in the moments around the
+        rotation: rendered before it, landed after this ran (their grant's
+        ``secret_version``, recorded at rendering, is the old one). A DM whose
+        edit is still owed is not owed a second one; one replica at a time
+        (a job lease) looks.
         """
-        name = f"reissue:{version}"
-        with self.store.read() as s:
-            if s.get(Job, name) is not None:
-                return 0
+        if version is None:
+            return 0
+        t = self.now()
+        if not leases.claim(self.store, REISSUE_JOB, self.owner, now=t, lease=REISSUE_LEASE_S):
+            return 0
         count = 0
         try:
             with self.store.write() as tx:
-                tx.add(
-                    Job(name=name, lease_owner=self.owner, next_run_at=0, last_run_at=self.now())
+                owed = exists().where(
+                    Outbox.grant_id == Grant.id,
+                    Outbox.kind == "dm_update",
+                    Outbox.state == OutboxState.PENDING,
                 )
-                tx.flush()
                 rows = tx.execute(
                     select(Grant, Room)
                     .join(Room, Room.id == Grant.room_id)
                     .where(Room.state == RoomState.ACTIVE, Grant.revoked_at.is_(None))
+                    .where(Grant.dm_ts.is_not(None), Grant.secret_version.is_not(None))
+                    .where(Grant.secret_version != version, ~owed)
+                    .order_by(Grant.id)
                 ).all()
                 for g, room in rows:
-                    g.secret_version = version
-                    if g.dm_ts:
-                        tx.add(self._dm_edit(room, g, "reissue"))
-                        count += 1
-                self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
-        except IntegrityError:
-            return 0  # another replica took this version
-        self.outbox.kick()
-        log.info("re-issued %d links for secret version %s", count, version)
+                    tx.add(self._dm_edit(room, g, "reissue"))
+                count = len(rows)
+                if count:
+                    self.store.audit(tx, "reissue", actor="scheduler", version=version, dms=count)
+        finally:
+            leases.release(self.store, REISSUE_JOB, self.owner)
+        if count:
+            self.outbox.kick()
+            log.info("re-issued %d links for secret version %s", count, version)
         return count
 
     # -- misc -----------------------------------------------------------------
@@ -1004,17 +995,17 @@ class Rooms:
                 return
             grants = self.store.grants_of(room_id, include_revoked=True)
             users = list(dict.fromkeys([room.owner_id, *(g.user_id for g in grants)]))
-            self.on_change(room.team_id, users)
+            self.on_change(room.team_id, users, room.enterprise_id)
         except Exception:
             log.exception("on_change hook failed for room %s", room_id)
 
-    def _people_changed(self, people: dict[str, dict[str, None]]) -> None:
+    def _people_changed(self, people: People) -> None:
         """``on_change`` once per workspace for many rooms (team → users); never raises."""
         if self.on_change is None:
             return
-        for team_id, users in people.items():
+        for (team_id, org), users in people.items():
             try:
-                self.on_change(team_id, list(users))
+                self.on_change(team_id, list(users), org)
             except Exception:
                 log.exception("on_change hook failed for %d people", len(users))
 

@@ -289,12 +289,15 @@ class Schedules:
             )
         invitees = [u for u in dict.fromkeys(invitees) if u != creator_id]
         try:
-            people = self.rooms.resolve_people(creator_id, invitees)
+            people = self.rooms.resolve_people(
+                creator_id, invitees, team_id=team_id, enterprise_id=enterprise_id
+            )
         except RoomError as e:
             raise ScheduleError(
                 e.user_message.replace("I didn't open a room", "I didn't schedule it", 1)
             ) from None
-        tz = people[0].tz or "UTC"  # users.info of the creator: whose clock "09:30" means
+        creator = people[0].info
+        tz = (creator.tz if creator else None) or "UTC"  # whose clock "09:30" means
         t = self.now()
         try:
             rec = parse_when(when_text, now_utc=_dt(t), tz=tz)
@@ -330,7 +333,7 @@ class Schedules:
                 spec=rec.spec,
                 tz=tz,
                 duration=length,
-                invitees=json.dumps([p.id for p in people[1:]]),
+                invitees=json.dumps([p.user_id for p in people[1:]]),
                 next_run_at=int(first.timestamp()),
                 active=True,
                 created_at=t,

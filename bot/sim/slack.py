@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_SCOPES",
     "Call",
     "Fault",
+    "Hold",
     "SlackDouble",
     "SlackSender",
 ]
@@ -61,10 +62,14 @@ __all__ = [
 DEFAULT_SCOPES: tuple[str, ...] = (
     "calls:read",
     "calls:write",
+    "channels:read",
     "chat:write",
     "commands",
-    "im:write",
+    "groups:read",
     "im:history",
+    "im:read",
+    "im:write",
+    "mpim:read",
     "team:read",
     "users:read",
 )
@@ -80,6 +85,7 @@ _METHODS = frozenset(
         "users.info",
         "conversations.open",
         "conversations.history",
+        "conversations.members",
         "views.open",
         "views.publish",
         "views.update",
@@ -200,6 +206,24 @@ class Fault:
     remaining: int | None
     channel: str | None
     retry_after: int | None
+
+
+@dataclass
+class Hold:
+    """A call held on its way in (``SlackDouble.hold``): it waits until ``release()``.
+
+    ``arrived`` is set when the held request reached the double, so a test can
+    act while it is in flight (a post rendered, not yet recorded by the bot).
+    """
+
+    method: str
+    channel: str | None
+    arrived: threading.Event
+    released: threading.Event
+    taken: bool = False
+
+    def release(self) -> None:
+        self.released.set()
 
 
 class _ApiError(Exception):
@@ -553,7 +577,7 @@ class SlackDouble:
 
         self.add_user(bot_user_id, bot_name, is_bot=True, display_name=bot_name)
         if seed:
-            self.add_channel("C1", "general")
+            self.add_channel("C1", "general", members=["U1"])
             self.add_user("U1", "alice")
 
     # -- several workspaces and the OAuth install flow -------------------------
@@ -720,7 +744,7 @@ class SlackDouble:
             "iat": now,
             "auth_time": now,
             "https://slack.com/user_id": user["id"],
-            "https://slack.com/team_id": self.team_id,
+            "https://slack.com/team_id": user["team_id"],
             "https://slack.com/team_name": self.team_name,
             "name": user["real_name"],
         }
@@ -748,6 +772,7 @@ class SlackDouble:
         self._messages: dict[str, dict[str, dict[str, Any]]] = {}
         self._history: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._faults: list[Fault] = []
+        self._holds: list[Hold] = []
         self._response_urls: dict[str, dict[str, float]] = {}
         self._triggers: dict[str, dict[str, Any]] = {}
         self._view_owner: dict[str, str | None] = {}
@@ -824,10 +849,18 @@ class SlackDouble:
         display_name: str | None = None,
         real_name: str | None = None,
         email: str | None = None,
+        team_id: str | None = None,
+        enterprise_id: str | None = None,
+        connect: bool = False,
     ) -> dict[str, Any]:
         """Add (or replace) a workspace member; returns the `users.info` object.
 
         `tz` is validated at once so a typo fails in the test set-up, not later.
+        `team_id` is the person's workspace (default: the double's own) and
+        `enterprise_id` their Enterprise Grid org. As on Slack, `users.info`
+        finds a person only with a token of their own workspace or org;
+        `connect=True` makes them a Slack Connect user, whom every workspace's
+        token finds, with their own `team_id`.
         """
         ZoneInfo(tz)
         name = name or user_id.lower()
@@ -844,6 +877,9 @@ class SlackDouble:
             "is_ultra_restricted": is_ultra_restricted,
             "deleted": deleted,
             "email": email,
+            "team_id": team_id or self.team_id,
+            "enterprise_id": enterprise_id,
+            "connect": connect,
         }
         with self._lock:
             self.users[user_id] = record
@@ -857,11 +893,13 @@ class SlackDouble:
         is_private: bool = False,
         bot_member: bool = True,
         is_archived: bool = False,
+        members: Iterable[str] = (),
     ) -> dict[str, Any]:
-        """Add a channel. The bot can post only where it is a member: otherwise
-        a private channel answers `channel_not_found` and a public one
-        `not_in_channel` (unless the `chat:write.public` scope is granted),
-        as Slack does.
+        """Add a channel with its human (or bot) ``members``. The bot can post only
+        where it is a member: otherwise a private channel answers
+        `channel_not_found` and a public one `not_in_channel` (unless the
+        `chat:write.public` scope is granted), as Slack does. `conversations.members`
+        lists ``members`` (and the bot, when it is one).
         """
         record = {
             "id": channel_id,
@@ -870,10 +908,23 @@ class SlackDouble:
             "is_im": False,
             "bot_member": bot_member,
             "is_archived": is_archived,
+            "members": list(dict.fromkeys(members)),
         }
         with self._lock:
             self.channels[channel_id] = record
             return dict(record)
+
+    def join_channel(self, channel_id: str, *user_ids: str) -> None:
+        """People join a channel (``conversations.members`` lists them from now on)."""
+        with self._lock:
+            members = self.channels[channel_id]["members"]
+            members.extend(u for u in user_ids if u not in members)
+
+    def leave_channel(self, channel_id: str, *user_ids: str) -> None:
+        """People leave a channel."""
+        with self._lock:
+            record = self.channels[channel_id]
+            record["members"] = [u for u in record["members"] if u not in user_ids]
 
     def fail(
         self,
@@ -903,6 +954,32 @@ class SlackDouble:
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    def hold(self, method: str, *, channel: str | None = None) -> Hold:
+        """Hold the next call to ``method`` (for ``channel``, matched as ``fail`` does)
+        until ``release()``; it is then answered as usual. At most 30 s."""
+        hold = Hold(method, channel, threading.Event(), threading.Event())
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def _wait_if_held(self, method: str, args: dict[str, Any]) -> None:
+        with self._lock:
+            hold = next(
+                (
+                    h
+                    for h in self._holds
+                    if not h.taken
+                    and h.method == method
+                    and (h.channel is None or self._recipient(h.channel) in self._recipients(args))
+                ),
+                None,
+            )
+            if hold is None:
+                return
+            hold.taken = True
+        hold.arrived.set()
+        hold.released.wait(30)
 
     def clear_faults(self) -> None:
         """Drop every pending fault."""
@@ -1045,6 +1122,7 @@ class SlackDouble:
         args, is_json, parse_error = _parse_args(headers.get("Content-Type", ""), body, query)
         if self.latency:
             time.sleep(self.latency)
+        self._wait_if_held(method, args)
         with self._lock:
             call = Call(method, args, self.clock())
             self.calls.append(call)
@@ -1105,20 +1183,24 @@ class SlackDouble:
             return value[1:]
         return value
 
+    def _recipients(self, args: dict[str, Any]) -> set[str]:
+        """Whom a call is for: its ``channel``, ``user``, ``user_id`` or ``users``."""
+        candidates: set[str] = set()
+        for key in ("channel", "user", "user_id"):
+            value = args.get(key)
+            if isinstance(value, str):
+                candidates.add(self._recipient(value))
+        users = args.get("users")
+        if isinstance(users, str):
+            candidates.update(self._recipient(u.strip()) for u in users.split(","))
+        return candidates
+
     def _take_fault(self, method: str, args: dict[str, Any]) -> Fault | None:
         for fault in self._faults:
             if fault.method != method or fault.remaining == 0:
                 continue
             if fault.channel is not None:
-                candidates: set[str] = set()
-                for key in ("channel", "user", "user_id"):
-                    value = args.get(key)
-                    if isinstance(value, str):
-                        candidates.add(self._recipient(value))
-                users = args.get("users")
-                if isinstance(users, str):
-                    candidates.update(self._recipient(u.strip()) for u in users.split(","))
-                if self._recipient(fault.channel) not in candidates:
+                if self._recipient(fault.channel) not in self._recipients(args):
                     continue
             if fault.remaining is not None:
                 fault.remaining -= 1
@@ -1183,6 +1265,21 @@ class SlackDouble:
             raise _ApiError("user_not_found")
         return record
 
+    def _visible(self, u: dict[str, Any]) -> bool:
+        """Whether the calling token's workspace can see ``u`` with ``users.info``.
+
+        Slack answers ``user_not_found`` for a person of an unrelated workspace;
+        people of the same Enterprise Grid org, and Slack Connect users, are found.
+        """
+        ws = self.workspaces.get(getattr(self, "_token", ""), {})
+        team, org = ws.get("team_id", self.team_id), ws.get("enterprise_id")
+        return (
+            u["connect"]
+            or u["team_id"] == team
+            or (org is not None and u["enterprise_id"] == org)
+            or u["id"] == self.bot_user_id
+        )
+
     def _user_object(self, u: dict[str, Any]) -> dict[str, Any]:
         now = datetime.now(UTC).astimezone(ZoneInfo(u["tz"]))
         offset = now.utcoffset()
@@ -1191,15 +1288,15 @@ class SlackDouble:
             "display_name_normalized": u["display_name"],
             "real_name": u["real_name"],
             "real_name_normalized": u["real_name"],
-            "team": self.team_id,
+            "team": u["team_id"],
         }
         if u["email"]:
             profile["email"] = u["email"]
         if u["is_bot"]:
             profile["bot_id"] = self.bot_id if u["id"] == self.bot_user_id else "B" + u["id"]
-        return {
+        out: dict[str, Any] = {
             "id": u["id"],
-            "team_id": self.team_id,
+            "team_id": u["team_id"],
             "name": u["name"],
             "deleted": u["deleted"],
             "real_name": u["real_name"],
@@ -1216,6 +1313,17 @@ class SlackDouble:
             "is_app_user": False,
             "updated": 1_700_000_000,
         }
+        if u["enterprise_id"]:
+            # Enterprise Grid: the org and the workspaces of it the person is in.
+            out["enterprise_user"] = {
+                "id": u["id"],
+                "enterprise_id": u["enterprise_id"],
+                "enterprise_name": "Grid",
+                "is_admin": u["is_admin"],
+                "is_owner": u["is_owner"],
+                "teams": [u["team_id"]],
+            }
+        return out
 
     def _ensure_dm(self, user_id: str) -> str:
         channel_id = "D" + user_id
@@ -1228,6 +1336,7 @@ class SlackDouble:
                 "user": user_id,
                 "bot_member": True,
                 "is_archived": False,
+                "members": [user_id],
             }
         return channel_id
 
@@ -1445,7 +1554,10 @@ class SlackDouble:
         }
 
     def _m_users_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"user": self._user_object(self._user(args.get("user")))}
+        user = self._user(args.get("user"))
+        if not self._visible(user):
+            raise _ApiError("user_not_found")
+        return {"user": self._user_object(user)}
 
     def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         if args.get("channel"):
@@ -1484,6 +1596,7 @@ class SlackDouble:
                     "is_mpim": True,
                     "bot_member": True,
                     "is_archived": False,
+                    "members": list(dict.fromkeys(ids)),
                 },
             )
         out: dict[str, Any] = {"channel": {"id": channel_id}}
@@ -1506,6 +1619,60 @@ class SlackDouble:
                 message.pop("metadata", None)
             out.append(message)
         return {"messages": out, "has_more": False}
+
+    def _m_conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The members of a conversation, a page at a time, as Slack lists them.
+
+        Like Slack: each kind of conversation needs its read scope
+        (``channels:read`` public, ``groups:read`` private, ``im:read``,
+        ``mpim:read``), a private one the bot is not in is ``channel_not_found``
+        (so is any DM but the bot's own), the bot is listed where it is a
+        member, ``limit`` defaults to 100, and ``next_cursor`` is empty on the
+        last page (base64 of ``user:<first id of the next page>``).
+        """
+        import base64
+
+        channel = args.get("channel")
+        record = self.channels.get(channel) if isinstance(channel, str) else None
+        if record is None:
+            raise _ApiError("channel_not_found")
+        kind = (
+            "im:read"
+            if record["is_im"]
+            else "mpim:read"
+            if record.get("is_mpim")
+            else "groups:read"
+            if record["is_private"]
+            else "channels:read"
+        )
+        if kind not in self.scopes:
+            raise _ApiError(
+                "missing_scope", extra={"needed": kind, "provided": ",".join(self.scopes)}
+            )
+        if record["is_private"] and not record["bot_member"]:
+            raise _ApiError("channel_not_found")
+        members = list(record["members"])
+        if record["bot_member"] and self.bot_user_id not in members:
+            members.append(self.bot_user_id)
+        try:
+            limit = int(args.get("limit") or 100)
+        except (TypeError, ValueError):
+            raise _ApiError("invalid_limit") from None
+        limit = max(1, min(limit, 1000))
+        start = 0
+        cursor = args.get("cursor")
+        if cursor:
+            try:
+                first = base64.b64decode(str(cursor), validate=True).decode()
+            except ValueError:
+                raise _ApiError("invalid_cursor") from None
+            if not first.startswith("user:") or first[5:] not in members:
+                raise _ApiError("invalid_cursor")
+            start = members.index(first[5:])
+        page = members[start : start + limit]
+        rest = members[start + limit :]
+        next_cursor = base64.b64encode(f"user:{rest[0]}".encode()).decode() if rest else ""
+        return {"members": page, "response_metadata": {"next_cursor": next_cursor}}
 
     def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         channel = self._postable_channel(args.get("channel"))
@@ -1824,10 +1991,16 @@ class SlackSender:
 
     def _user(self, user_id: str, user_name: str | None) -> dict[str, Any]:
         name = self._user_name(user_id, user_name)
-        return {"id": user_id, "username": name, "name": name, "team_id": self.team_id}
+        record = self.double.users.get(user_id) if self.double else None
+        team = record["team_id"] if record is not None else self.team_id
+        return {"id": user_id, "username": name, "name": name, "team_id": team}
 
     def _team(self) -> dict[str, str]:
         return {"id": self.team_id, "domain": self.team_domain}
+
+    def _enterprise(self) -> dict[str, str] | None:
+        """Interactivity payloads name the Enterprise Grid org (or carry null)."""
+        return {"id": self.enterprise_id, "name": "Grid"} if self.enterprise_id else None
 
     def _response_url(self) -> tuple[str, str | None]:
         if self.double is not None:
@@ -1995,8 +2168,8 @@ class SlackSender:
             },
             "trigger_id": trigger_id,
             "team": self._team(),
-            "enterprise": None,
-            "is_enterprise_install": False,
+            "enterprise": self._enterprise(),
+            "is_enterprise_install": self.enterprise_install,
             "channel": self._channel(channel_id, channel_name),
             "message": message,
             "state": {"values": {}},
@@ -2082,8 +2255,8 @@ class SlackSender:
             "trigger_id": self._trigger_id(user_id),
             "view": view,
             "response_urls": [],
-            "is_enterprise_install": False,
-            "enterprise": None,
+            "is_enterprise_install": self.enterprise_install,
+            "enterprise": self._enterprise(),
         }
         return self._interactive(payload, timestamp=timestamp, signature=signature)
 
@@ -2104,8 +2277,8 @@ class SlackSender:
             "action_ts": f"{time.time():.6f}",
             "team": self._team(),
             "user": self._user(user_id, user_name),
-            "is_enterprise_install": False,
-            "enterprise": None,
+            "is_enterprise_install": self.enterprise_install,
+            "enterprise": self._enterprise(),
             "callback_id": callback_id,
             "trigger_id": trigger_id,
         }
@@ -2136,8 +2309,8 @@ class SlackSender:
             "team": self._team(),
             "user": self._user(user_id, user_name),
             "channel": self._channel(channel_id, channel_name),
-            "is_enterprise_install": False,
-            "enterprise": None,
+            "is_enterprise_install": self.enterprise_install,
+            "enterprise": self._enterprise(),
             "callback_id": callback_id,
             "trigger_id": trigger_id,
             "response_url": response_url,
@@ -2172,6 +2345,7 @@ class SlackSender:
         envelope = {
             "token": self.verification_token,
             "team_id": self.team_id,
+            **({"enterprise_id": self.enterprise_id} if self.enterprise_id else {}),
             "api_app_id": self.api_app_id,
             "event": event,
             "type": "event_callback",
@@ -2179,11 +2353,11 @@ class SlackSender:
             "event_time": int(time.time()),
             "authorizations": [
                 {
-                    "enterprise_id": None,
-                    "team_id": self.team_id,
+                    "enterprise_id": self.enterprise_id,
+                    "team_id": None if self.enterprise_install else self.team_id,
                     "user_id": bot_user,
                     "is_bot": True,
-                    "is_enterprise_install": False,
+                    "is_enterprise_install": self.enterprise_install,
                 }
             ],
             "is_ext_shared_channel": False,

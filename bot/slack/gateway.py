@@ -32,6 +32,25 @@ log = logging.getLogger("meetbot.notify")
 
 SLACK_TIMEOUT_S = 10
 USER_CACHE_TTL_S = 300
+#: How long a channel's member list is reused. Short: someone who left the
+#: channel keeps getting links for at most this long. A person not on the list
+#: is asked about again once it is REFRESH_MISS_S old, so someone who just
+#: joined is not refused for long.
+CHANNEL_MEMBERS_TTL_S = 30.0
+REFRESH_MISS_S = 5.0
+MEMBERS_PAGE = 500  # conversations.members per page (Slack's default is 100)
+MAX_MEMBER_PAGES = 100  # 50,000 members; beyond that the list is not trusted
+#: conversations.members errors that mean "Slack will not tell this bot", not "try later".
+UNREADABLE_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "missing_scope",
+        "method_not_supported_for_channel_type",
+        "not_in_channel",
+        "not_allowed_token_type",
+        "too_many_members",
+    }
+)
 # Errors after which sending the same message again can never work.
 PERMANENT_ERRORS = frozenset(
     {
@@ -92,6 +111,9 @@ class UserInfo:
     is_admin: bool
     is_restricted: bool
     deleted: bool
+    #: The person's own workspace, and their Enterprise Grid org (None outside Grid).
+    team_id: str | None = None
+    enterprise_id: str | None = None
 
     @property
     def is_guest(self) -> bool:
@@ -100,6 +122,15 @@ class UserInfo:
 
 class UnknownUser(Exception):
     pass
+
+
+class ChannelUnreadable(Exception):
+    """Slack will not list a conversation's members to the bot: a DM or private
+    channel it is not in, or a missing ``*:read`` scope. ``error`` is Slack's."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 #: The workspace (team id, enterprise id) the current work is for. Set with
@@ -143,6 +174,7 @@ class SlackGateway:
         self._http = requests.Session()
         self._users: dict[str, tuple[float, UserInfo]] = {}
         self._asking: dict[str, Future[UserInfo]] = {}
+        self._members: dict[tuple[Any, str], tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
 
     def _clients_for(self, token: str | None) -> tuple[WebClient, WebClient]:
@@ -247,10 +279,55 @@ class SlackGateway:
             is_admin=bool(data.get("is_admin") or data.get("is_owner")),
             is_restricted=bool(data.get("is_restricted") or data.get("is_ultra_restricted")),
             deleted=bool(data.get("deleted")),
+            team_id=data.get("team_id") if isinstance(data.get("team_id"), str) else None,
+            enterprise_id=_enterprise_of(data),
         )
         with self._lock:
             self._users[user_id] = (time.monotonic(), info)
         return info
+
+    def is_member(self, channel_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` is in the conversation ``channel_id`` (``conversations.members``).
+
+        The list is cached per workspace for ``CHANNEL_MEMBERS_TTL_S``; a person
+        missing from a list older than ``REFRESH_MISS_S`` is looked up afresh.
+        Raises ChannelUnreadable when Slack will not say, SlackSendError when it
+        could not answer now.
+        """
+        key = (CURRENT_TEAM.get(), channel_id)
+        with self._lock:
+            hit = self._members.get(key)
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age < CHANNEL_MEMBERS_TTL_S and (user_id in hit[1] or age < REFRESH_MISS_S):
+                return user_id in hit[1]
+        members = self._channel_members(channel_id)
+        with self._lock:
+            self._members[key] = (time.monotonic(), members)
+        return user_id in members
+
+    def _channel_members(self, channel_id: str) -> frozenset[str]:
+        """Every page of conversations.members (Tier 4), on the retrying reader."""
+        members: set[str] = set()
+        cursor: str | None = None
+        for _ in range(MAX_MEMBER_PAGES):
+            try:
+                resp = self._call(
+                    self.reader.conversations_members,
+                    channel=channel_id,
+                    limit=MEMBERS_PAGE,
+                    cursor=cursor,
+                )
+            except SlackSendError as e:
+                if e.error in UNREADABLE_ERRORS:
+                    raise ChannelUnreadable(e.error) from None
+                raise
+            members.update(m for m in resp.get("members") or [] if isinstance(m, str))
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return frozenset(members)
+        log.warning("conversations.members: %s has more members than I read", channel_id)
+        raise ChannelUnreadable("too_many_members")
 
     def find_posted(self, channel: str, outbox_id: int) -> tuple[str, str] | None:
         """The message an earlier attempt of outbox row ``outbox_id`` posted, if any.
@@ -428,3 +505,10 @@ class SlackGateway:
         except (OSError, ValueError) as e:
             # URLError, timeouts, resets, and a non-JSON body from Slack's edge.
             raise SlackSendError(type(e).__name__, permanent=False, unknown=True) from e
+
+
+def _enterprise_of(user: dict[str, Any]) -> str | None:
+    """The Enterprise Grid org of a ``users.info`` user, or None outside Grid."""
+    grid = user.get("enterprise_user")
+    org = grid.get("enterprise_id") if isinstance(grid, dict) else None
+    return org if isinstance(org, str) and org else None

@@ -35,7 +35,18 @@ from bot.config import Settings
 log = logging.getLogger("meetbot.workspaces")
 
 #: The bot scopes an OAuth install asks for; tests keep this equal to manifest.yml.
-BOT_SCOPES = ("commands", "chat:write", "im:write", "im:history", "users:read", "calls:write")
+BOT_SCOPES = (
+    "commands",
+    "chat:write",
+    "im:write",
+    "im:history",
+    "users:read",
+    "channels:read",
+    "groups:read",
+    "im:read",
+    "mpim:read",
+    "calls:write",
+)
 STATE_EXPIRATION_S = 600
 ROTATE_BEFORE_MIN = 120
 

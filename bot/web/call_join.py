@@ -56,6 +56,14 @@ SLACK_ISSUER = "https://slack.com"
 CLAIM_USER = "https://slack.com/user_id"
 CLAIM_TEAM = "https://slack.com/team_id"
 _STATE_LABEL = b"meetbot/call-state/v1"
+#: The page a refused sign-in sees, by the admission policy's reason (else "account").
+_PAGE_FOR = {
+    "removed": "removed",
+    "guest": "guest",
+    "not_member": "not_member",
+    "wrong_workspace": "wrong_workspace",
+    "slack_down": "slack_down",
+}
 _USER_RE = re.compile(r"[UW][A-Z0-9]{1,31}", re.ASCII)
 # Errors of openid.connect.token that mean "this code is no good": the person
 # has to start again. Anything else (Slack down, misconfiguration) is ours.
@@ -269,16 +277,21 @@ class CallSignIn:
         room = self.store.room(room_id)
         if room is None:
             return page(start_response, "unknown")
-        if room.team_id != team_id:
-            log.info("call join for room %s: %s signed in to %s", room_id, user_id, team_id)
-            return page(start_response, "wrong_workspace")
         if room.state != RoomState.ACTIVE or room.expires_at + self.settings.token_grace <= (
             self.now()
         ):
             return page(start_response, "ended")
-        grant, refusal = self.rooms.grant_for_call(room, user_id)
+        # Who may get in is the admission policy's answer (bot/rooms/admission.py).
+        grant, refusal = self.rooms.grant_for(room, user_id, via="slack_call", team_id=team_id)
         if refusal is not None:
-            return page(start_response, refusal)
+            log.info(
+                "call join for room %s: %s (signed in to %s) refused: %s",
+                room_id,
+                user_id,
+                team_id,
+                refusal.why,
+            )
+            return page(start_response, _PAGE_FOR.get(refusal.why, "account"))
         assert grant is not None
         location = self.links.link_for(room, grant, direct=True)
         with self.store.write() as tx:

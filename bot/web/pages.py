@@ -131,6 +131,30 @@ PAGES: dict[str, tuple[str, str, str, str, list[str]]] = {
             "<code>/meet</code> and mention you.",
         ],
     ),
+    "not_member": (
+        "403 Forbidden",
+        "&#128274;",
+        "This meeting is for its invitees",
+        "gone",
+        [
+            "Only the people the room&#8217;s owner invited, and the members of the "
+            "channel where the meeting was started, can join it. You are neither.",
+            "Ask the room&#8217;s owner to invite you: they can start a room with "
+            "<code>/meet</code> and mention you.",
+        ],
+    ),
+    "account": (
+        "403 Forbidden",
+        "&#128274;",
+        "This account can&#8217;t join",
+        "gone",
+        [
+            "Slack says this account is deactivated, is an app or bot, or isn&#8217;t "
+            "a member of the workspace the meeting belongs to.",
+            "Sign in with your own Slack account in that workspace, or ask the room&#8217;s "
+            "owner to invite you.",
+        ],
+    ),
     "slack_down": (
         "503 Service Unavailable",
         "&#9203;",
