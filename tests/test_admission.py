@@ -288,7 +288,7 @@ def test_a_room_opened_from_the_app_home_admits_only_its_people(bot, slack):
         user_id=ALICE,
     )
     assert r.status_code == 200 and r.text == ""
-    (room,) = wait_for(lambda: db_rows(url, "rooms"))
+    (room,) = wait_for(lambda: [r for r in db_rows(url, "rooms") if r["state"] == "active"])
     assert room["channel_id"] == ALICE
     assert sign_in(bot, slack, room["id"], CAROL).status_code == 403
     assert sign_in(bot, slack, room["id"], ALICE).status_code == 302

@@ -55,6 +55,7 @@ __all__ = [
     "Admission",
     "Admitted",
     "Decision",
+    "OpenLookups",
     "Refused",
     "new_grant",
     "plain",
@@ -102,6 +103,20 @@ class Refused:
 
 
 Decision = Admitted | Refused
+
+
+@dataclass(frozen=True)
+class OpenLookups:
+    """``users.info`` asked for the people of a room about to open, answers pending."""
+
+    team_id: str
+    enterprise_id: str | None
+    ids: list[str]
+    asked: list[Future[UserInfo]]
+
+    def answered(self) -> bool:
+        """Every answer is in (from the cache, typically): judging them waits for nothing."""
+        return all(f.done() for f in self.asked)
 
 
 def plain(text: str) -> str:
@@ -164,6 +179,35 @@ class Admission:
         self.slack = slack
 
     # -- opening a room --------------------------------------------------------------
+    def ask_for_open(
+        self,
+        team_id: str,
+        enterprise_id: str | None,
+        requester: str,
+        invitees: Sequence[str],
+        *,
+        lookups: Executor | None = None,
+    ) -> OpenLookups:
+        """Start ``users.info`` for the requester and each invitee (on ``lookups``, with
+        the workspace's token) and return at once; :meth:`decide_open` judges them."""
+        ids = [requester, *[u for u in dict.fromkeys(invitees) if u != requester]]
+        with acting_for(team_id, enterprise_id):
+            asked = [self.slack.ask_user(u, lookups) for u in ids]
+        return OpenLookups(team_id, enterprise_id, ids, asked)
+
+    def decide_open(self, lookups: OpenLookups) -> list[Decision]:
+        """The requester (as owner) and each invitee, in that order, one decision each."""
+        out: list[Decision] = []
+        for i, (user_id, future) in enumerate(zip(lookups.ids, lookups.asked, strict=True)):
+            person = self._person(user_id, future, lookups.team_id, lookups.enterprise_id)
+            if isinstance(person, Refused):
+                out.append(person)
+            elif i == 0 and person.is_guest and not self.settings.allow_guests:
+                out.append(_refused(user_id, "guest_owner"))
+            else:
+                out.append(Admitted(user_id, "owner" if i == 0 else "invitee", info=person))
+        return out
+
     def for_open(
         self,
         team_id: str,
@@ -173,23 +217,10 @@ class Admission:
         *,
         lookups: Executor | None = None,
     ) -> list[Decision]:
-        """The requester (as owner) and each invitee, in that order, one decision each.
-
-        ``users.info`` for everyone at once (on ``lookups``), with the workspace's token.
-        """
-        ids = [requester, *[u for u in dict.fromkeys(invitees) if u != requester]]
-        with acting_for(team_id, enterprise_id):
-            asked = [self.slack.ask_user(u, lookups) for u in ids]
-        out: list[Decision] = []
-        for i, (user_id, future) in enumerate(zip(ids, asked, strict=True)):
-            person = self._person(user_id, future, team_id, enterprise_id)
-            if isinstance(person, Refused):
-                out.append(person)
-            elif i == 0 and person.is_guest and not self.settings.allow_guests:
-                out.append(_refused(user_id, "guest_owner"))
-            else:
-                out.append(Admitted(user_id, "owner" if i == 0 else "invitee", info=person))
-        return out
+        """:meth:`ask_for_open` and :meth:`decide_open` in one: waits for Slack."""
+        return self.decide_open(
+            self.ask_for_open(team_id, enterprise_id, requester, invitees, lookups=lookups)
+        )
 
     # -- a link to an open room ------------------------------------------------------
     def for_room(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot import leases
@@ -26,7 +26,14 @@ from bot.config import Settings
 from bot.durations import format_duration
 from bot.logs import ContextThreadPoolExecutor, correlation_id
 from bot.rooms.access import PLAY, PUBLISH, seen_recently
-from bot.rooms.admission import Admission, Admitted, Refused, new_grant, refusal_record
+from bot.rooms.admission import (
+    Admission,
+    Admitted,
+    OpenLookups,
+    Refused,
+    new_grant,
+    refusal_record,
+)
 from bot.rooms.links import Links
 from bot.rooms.replies import Replies
 from bot.rooms.streams import Streams
@@ -155,9 +162,13 @@ class Rooms:
     ) -> list[Admitted]:
         """The owner and invitees of a room about to open, as the admission policy
         admits them; a RoomError (for the requester) when any of them is refused."""
-        decisions = self.admission.for_open(
+        lookups = self.admission.ask_for_open(
             team_id, enterprise_id, requester, invitees, lookups=self._lookup_pool
         )
+        return self._admitted(lookups)
+
+    def _admitted(self, lookups: OpenLookups) -> list[Admitted]:
+        decisions = self.admission.decide_open(lookups)
         refused = [d for d in decisions if isinstance(d, Refused)]
         problems = [d.about for d in refused if d.why != "guest_owner"]
         if problems:
@@ -173,11 +184,15 @@ class Rooms:
             return self._open_room(req)
 
     def _open_room(self, req: OpenRequest) -> Room | None:
+        # Slack says who everyone is while AMS creates the room: a link waits for the
+        # longer of the two calls, not for both. Answers already known (cached)
+        # are judged first, so a refusal then costs AMS nothing.
+        lookups = self.admission.ask_for_open(
+            req.team_id, req.enterprise_id, req.user_id, req.invitees, lookups=self._lookup_pool
+        )
         try:
-            people = self.resolve_people(
-                req.user_id, req.invitees, team_id=req.team_id, enterprise_id=req.enterprise_id
-            )
-            room = self._create(req, people)
+            known = self._admitted(lookups) if lookups.answered() else None
+            room = self._create(req, lambda: known or self._admitted(lookups))
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
             return None
@@ -186,9 +201,13 @@ class Rooms:
             lambda rows: self.replies.fanout_done(room, rows, req.response_url, req.notify),
         )
         self.outbox.kick()
+        self.room_changed(room.id)  # the App Homes concerned: after the DMs are on their way
         return room
 
-    def _create(self, req: OpenRequest, people: list[Admitted]) -> Room:
+    def _create(self, req: OpenRequest, people: Callable[[], list[Admitted]]) -> Room:
+        """Write the room, create it on AMS, then (``people()``, judged meanwhile)
+        activate it with everyone's grant; a refused person fails the new room and
+        removes it from AMS again."""
         s = self.settings
         duration = req.duration or s.room_ttl
         start = self.now()
@@ -253,9 +272,14 @@ class Rooms:
                 self.mark_failed(room.id, type(e).__name__)
                 self.cleanup_on_ams(room.id)
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
+        try:
+            admitted = people()
+        except RoomError:
+            self._withdraw(room.id)
+            raise
         if self.calls is not None:
             self.calls.register(room)  # before activation: the card must carry the Call
-        return self._activate(room, req, people)
+        return self._activate(room, req, admitted)
 
     def _ours_on_ams(self, room_id: str) -> bool:
         """Whether the broadcast ``room_id`` on AMS carries this deployment's marker."""
@@ -270,13 +294,16 @@ class Rooms:
         assert value is not None
         return value
 
-    def mark_failed(self, room_id: str, reason: str, *, ours_on_ams: bool = True) -> None:
+    def mark_failed(
+        self, room_id: str, reason: str, *, ours_on_ams: bool = True, refused: bool = False
+    ) -> None:
         """Record a room that never opened.
 
         ``ours_on_ams``: the create may still land on AMS after we gave up (a
         slow AMS finishes the request later), so the sweep deletes the id a few
         more times (``Sweep.failed_opens``). Never for an id that AMS said belongs
-        to someone else.
+        to someone else. ``refused``: the requester named someone who cannot be
+        invited; that is not a failure an operator should count.
         """
         with self.store.write() as tx:
             row = tx.get(Room, room_id)
@@ -294,7 +321,7 @@ class Rooms:
                     room_id=room_id,
                     reason=reason,
                 )
-        if row is not None:
+        if row is not None and not refused:
             self.event("failed")
 
     def cleanup_delay(self) -> int:
@@ -309,6 +336,19 @@ class Rooms:
             # Reconciliation removes it later: it carries our marker.
             log.warning("could not clean up room %s on AMS: %s", room_id, e)
 
+    def _withdraw(self, room_id: str) -> None:
+        """Undo a room made on AMS for a request that is then refused (someone named
+        cannot be invited): gone from AMS, gone here, as if never asked. If AMS
+        does not confirm, the room is failed and the sweep deletes it later."""
+        try:
+            self.ams.delete_room(room_id)
+        except AmsError as e:
+            log.warning("could not withdraw room %s from AMS: %s", room_id, e)
+            self.mark_failed(room_id, "someone could not be invited", refused=True)
+            return
+        with self.store.write() as tx:
+            tx.execute(delete(Room).where(Room.id == room_id, Room.state == RoomState.CREATING))
+
     def _activate(self, room: Room, req: OpenRequest, people: list[Admitted]) -> Room:
         version, _ = self.secrets.current()
         t = self.now()
@@ -316,14 +356,19 @@ class Rooms:
             row = tx.get(Room, room.id)
             assert row is not None
             row.state = RoomState.ACTIVE
-            for person in people:
-                grant = new_grant(
+            grants = [
+                new_grant(
                     row, person, secret_version=version, now=t, grace=self.settings.token_grace
                 )
+                for person in people
+            ]
+            for grant in grants:
                 grant.link_sent_at = t
-                tx.add(grant)
-                tx.flush()
-                tx.add(self._outbox(row, "dm_link", person.user_id, grant_id=grant.id))
+            tx.add_all(grants)
+            tx.flush()  # one INSERT for all: the grants' ids, for their DMs' rows
+            # The requester's DM first: the outbox sends in this order.
+            for grant in grants:
+                tx.add(self._outbox(row, "dm_link", grant.user_id, grant_id=grant.id))
             tx.add(self._outbox(row, "room_card", row.channel_id))
             self.store.audit(
                 tx,
@@ -337,7 +382,6 @@ class Rooms:
             room = row
         log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
         self.event("created")
-        self.room_changed(room.id)
         return room
 
     def _dm_edit(self, room: Room, grant: Grant, mode: str) -> Outbox:

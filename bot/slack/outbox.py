@@ -194,15 +194,32 @@ class OutboxWorker:
             raise
         for _ in range(free - len(rows)):
             self._slots.release()
+        # New posts reserve their slots for the whole batch at once, in claim order.
+        posts = [r for r in rows if r.kind in NEW_POST_KINDS]
+        reserved = dict(zip((r.id for r in posts), self._reserve(posts), strict=True))
         for row in rows:
-            self._pool.submit(self._send_and_release, row)
+            self._pool.submit(self._send_and_release, row, None, reserved.get(row.id))
         if len(rows) == free:
             self._wake.set()  # more may be waiting
         return len(rows)
 
-    def _send_and_release(self, row: Outbox, held: Slot | None = None) -> None:
+    def _reserve(self, rows: list[Outbox]) -> list[tuple[Slot | None, float]]:
+        """Slots for claimed new posts (``bot.slack.pacing``), as far off as their lease allows."""
+        if not rows:
+            return []
+        horizon = max(
+            MAX_INLINE_WAIT_S, min(r.lease_until or 0 for r in rows) - time.time() - SEND_BUDGET_S
+        )
+        return self.pacer.reserve_many([(r.team_id, r.channel) for r in rows], horizon=horizon)
+
+    def _send_and_release(
+        self,
+        row: Outbox,
+        held: Slot | None = None,
+        reserved: tuple[Slot | None, float] | None = None,
+    ) -> None:
         try:
-            self.send(row, held=held, may_hold=True)
+            self.send(row, held=held, may_hold=True, reserved=reserved)
         except Exception:
             log.exception("outbox row %s failed unexpectedly", row.id)
         finally:
@@ -210,28 +227,42 @@ class OutboxWorker:
             self._wake.set()
 
     # -- one row ---------------------------------------------------------
-    def send(self, row: Outbox, *, held: Slot | None = None, may_hold: bool = False) -> None:
+    def send(
+        self,
+        row: Outbox,
+        *,
+        held: Slot | None = None,
+        may_hold: bool = False,
+        reserved: tuple[Slot | None, float] | None = None,
+    ) -> None:
         """Render and send one claimed row now (or at its channel's paced slot).
 
         ``may_hold``: a paced post may wait for its slot in memory (the worker's
         loop sends it then) instead of on this thread. ``held``: it did, and this
-        is the slot it reserved.
+        is the slot it reserved. ``reserved``: its batch reserved ``(slot, wait)``.
         """
         try:
             cid = json.loads(row.payload or "{}").get("cid")
         except ValueError:
             cid = None
         with acting_for(row.team_id, row.enterprise_id), with_correlation(cid):
-            self._send(row, held=held, may_hold=may_hold)
+            self._send(row, held=held, may_hold=may_hold, reserved=reserved)
 
-    def _send(self, row: Outbox, *, held: Slot | None = None, may_hold: bool = False) -> None:
+    def _send(
+        self,
+        row: Outbox,
+        *,
+        held: Slot | None = None,
+        may_hold: bool = False,
+        reserved: tuple[Slot | None, float] | None = None,
+    ) -> None:
         # Slack's one-message-per-second-per-channel limit is for new posts;
         # edits (chat.update, Tier 3) are not paced per channel. A new post
         # waits for its channel's slot before it is rendered: rendering reads
         # the room and mints the link, and a post held for its slot would be
         # rendered twice (it is rendered when it goes, from the state then).
         new_post = row.kind in NEW_POST_KINDS
-        slot = self._await_slot(row, held=held, may_hold=may_hold) if new_post else None
+        slot = self._await_slot(row, held, may_hold, reserved) if new_post else None
         if new_post and slot is None:
             return
         rendered = self.renderer.render(row)
@@ -276,7 +307,13 @@ class OutboxWorker:
         self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
         self._result(row.kind, "sent")
 
-    def _await_slot(self, row: Outbox, *, held: Slot | None, may_hold: bool) -> Slot | None:
+    def _await_slot(
+        self,
+        row: Outbox,
+        held: Slot | None,
+        may_hold: bool,
+        reserved: tuple[Slot | None, float] | None,
+    ) -> Slot | None:
         """Reserve the post's slot (``bot.slack.pacing``) and wait for it; None if put off.
 
         A slot further off than a short sleep is waited for in memory
@@ -293,10 +330,13 @@ class OutboxWorker:
             if wait > 0:
                 time.sleep(wait)
             return held
-        horizon = MAX_INLINE_WAIT_S
-        if may_hold:
-            horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
-        slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
+        if reserved is not None:
+            slot, wait = reserved
+        else:
+            horizon = MAX_INLINE_WAIT_S
+            if may_hold:
+                horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
+            slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
         if slot is None:
             self._retry_at(row, math.ceil(time.time() + wait), "paced")
             return None

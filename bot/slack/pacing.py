@@ -83,38 +83,57 @@ class Pacer:
         ``(None, wait)`` when the earliest start is more than ``horizon`` seconds
         off (nothing is reserved; try again after ``wait``).
         """
-        chan, ws = _channel_key(team, channel), _workspace_key(team)
+        return self.reserve_many([(team, channel)], horizon=horizon)[0]
+
+    def reserve_many(
+        self, posts: list[tuple[str, str]], *, horizon: float
+    ) -> list[tuple[Slot | None, float]]:
+        """:meth:`reserve` for several ``(team, channel)`` posts, in order, in one
+        transaction: a batch the outbox claimed costs one round of locks, and its
+        first post (a room's requester's DM) gets the first slot."""
+        out: list[tuple[Slot | None, float]] = []
         with self.store.write() as s:
-            self._ensure(s, chan, ws)
+            keys = sorted(
+                {k for team, ch in posts for k in (_channel_key(team, ch), _workspace_key(team))}
+            )
+            self._ensure(s, *keys)
             rows = {
                 r.key: r
                 for r in s.scalars(
                     select(SlackPace)
-                    .where(SlackPace.key.in_((chan, ws)))
+                    .where(SlackPace.key.in_(keys))
                     .order_by(SlackPace.key)  # one lock order for every replica
                     .with_for_update()
                 )
             }
-            c, w = rows[chan], rows[ws]
-            ring_key = f"{ws}:{w.seq % self.posts}"
-            ring = s.get(SlackPace, ring_key, with_for_update=True)
-            ring_at = ring.next_at if ring is not None else 0.0
-            now = self.clock()
-            start = max(
-                now,
-                c.next_at,
-                c.floor_at,
-                w.floor_at,
-                ring_at + self.window + WINDOW_MARGIN_S if ring_at else 0.0,
-            )
-            if start - now > horizon:
-                return None, start - now
-            c.next_at = start + self.gap
-            w.seq += 1
-            if ring is None:
-                s.add(SlackPace(key=ring_key, next_at=start, floor_at=0.0, seq=0))
-            else:
-                ring.next_at = start
+            for team, channel in posts:
+                out.append(self._reserve_in(s, rows, team, channel, horizon))
+        return out
+
+    def _reserve_in(
+        self, s: Session, rows: dict[str, SlackPace], team: str, channel: str, horizon: float
+    ) -> tuple[Slot | None, float]:
+        c, w = rows[_channel_key(team, channel)], rows[_workspace_key(team)]
+        ring_key = f"{_workspace_key(team)}:{w.seq % self.posts}"
+        ring = s.get(SlackPace, ring_key, with_for_update=True)
+        ring_at = ring.next_at if ring is not None else 0.0
+        now = self.clock()
+        start = max(
+            now,
+            c.next_at,
+            c.floor_at,
+            w.floor_at,
+            ring_at + self.window + WINDOW_MARGIN_S if ring_at else 0.0,
+        )
+        if start - now > horizon:
+            return None, start - now
+        c.next_at = start + self.gap
+        w.seq += 1
+        if ring is None:
+            s.add(SlackPace(key=ring_key, next_at=start, floor_at=0.0, seq=0))
+            s.flush()  # the next post of this batch may land on the same slot
+        else:
+            ring.next_at = start
         return Slot(team, channel, start), max(0.0, start - now)
 
     def until_floor(self, slot: Slot) -> float:
