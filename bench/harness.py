@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,100 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
+
+
+# -- what Slack's caps allow ---------------------------------------------------------
+Posts = Iterable[tuple[str, float]]
+
+
+def earliest_finish(posts: Posts, *, rate: float, cap: tuple[int, float] | None = None) -> float:
+    """The earliest moment the last of ``posts`` can be counted by Slack: the fan-out limit.
+
+    ``posts`` are ``(channel, earliest)`` pairs: ``earliest`` is when the post
+    could first exist (its ``/meet``'s send time + the AMS create + the post's
+    own round trip), on any clock. Slack (and the double) count posts to one
+    channel at least ``1 / rate`` s apart, and with ``cap = (N, W)`` any N + 1
+    consecutive posts of the workspace span at least W s (a sliding window:
+    post k may be counted once post k - N is W old).
+
+    Two best schedules are simulated, each exact: every channel on its own under
+    its rate (its posts in order of availability, each as soon as both its
+    availability and its channel's gap allow), and every post under the
+    workspace cap alone (in order of availability, each as soon as it is
+    available and the post N before it is W old). No schedule that honours both
+    caps ends before either, so the later of the two is a true lower bound.
+    The best schedule under both at once is a hard scheduling problem in general
+    (``schedule_finish`` finds a good one); the benchmarks' workloads are built
+    so that one of the two sets the end, and they log both so a gap shows.
+    ``tests/test_bench_harness.py`` checks the bound against every possible order
+    of small cases.
+    """
+    queues = _by_channel(posts)
+    gap = 1.0 / rate
+    finish = -math.inf
+    for q in queues.values():  # each channel alone
+        t = -math.inf
+        for earliest in q:
+            t = max(earliest, t + gap)
+        finish = max(finish, t)
+    if cap is not None:  # the workspace alone
+        n, window = cap
+        recent: deque[float] = deque(maxlen=n)  # the last N counted times
+        t = -math.inf
+        for earliest in sorted(e for q in queues.values() for e in q):
+            t = max(earliest, t, recent[0] + window if len(recent) == n else -math.inf)
+            recent.append(t)
+        finish = max(finish, t)
+    return finish
+
+
+def schedule_finish(posts: Posts, *, rate: float, cap: tuple[int, float] | None = None) -> float:
+    """When a good schedule under both caps at once ends (never before ``earliest_finish``).
+
+    Greedy, one post at a time in the order they are counted: the next post goes
+    at the earliest moment any channel's next post can go; when several can go
+    then, the channel whose remaining posts would end last on their own goes
+    first. Not always the best (a long channel can gain from waiting for a slot a
+    short one would take), which is why the limit is ``earliest_finish``; equal to
+    it, the limit is exactly the best schedule.
+    """
+    queues = _by_channel(posts)
+    gap = 1.0 / rate
+    nxt = dict.fromkeys(queues, 0)  # index of each channel's next post
+    free = dict.fromkeys(queues, -math.inf)  # when each channel may be counted again
+    recent: deque[float] = deque(maxlen=cap[0] if cap else 1)
+    last = -math.inf
+    left = sum(len(q) for q in queues.values())
+
+    def alone(channel: str, start: float) -> float:
+        t = start
+        for r in queues[channel][nxt[channel] + 1 :]:
+            t = max(r, t + gap)
+        return t
+
+    while left:
+        budget = recent[0] + cap[1] if cap is not None and len(recent) == cap[0] else -math.inf
+        starts = {c: max(q[nxt[c]], free[c]) for c, q in queues.items() if nxt[c] < len(q)}
+        t = max(min(starts.values()), budget, last)
+        ready = [c for c, s in starts.items() if s <= t]
+        channel = max(ready, key=lambda c: (alone(c, t), len(queues[c]) - nxt[c], c))
+        nxt[channel] += 1
+        free[channel] = t + gap
+        last = t
+        left -= 1
+        recent.append(t)
+    return last
+
+
+def _by_channel(posts: Posts) -> dict[str, list[float]]:
+    queues: dict[str, list[float]] = defaultdict(list)
+    for channel, earliest in posts:
+        queues[channel].append(earliest)
+    if not queues:
+        raise ValueError("no posts")
+    for q in queues.values():
+        q.sort()
+    return queues
 
 
 def log(message: str) -> None:
