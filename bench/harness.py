@@ -8,10 +8,13 @@ at exit and by the watchdog), so a run always stops by itself.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
+import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,14 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.env import serve_env
 from bot.sim.priority import NiceThreads
 from bot.sim.process import ServerFailed, ServerProcess
-from bot.sim.slack import SlackDouble, SlackSender
+from bot.sim.slack import Call, SlackDouble, SlackSender
 
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-bench-token"
@@ -83,8 +88,8 @@ class Line:
         if not judged and self.target is not None:
             verdict = "(speed not judged)"
         text = (
-            f"{self.name:<30} {fmt(self.measured, self.unit):>14}  "
-            f"limit {fmt(self.limit, self.unit):>14} ({self.limit_label})  "
+            f"{self.name:<38} {fmt(self.measured, self.unit):>11}  "
+            f"limit {fmt(self.limit, self.unit):>11} ({self.limit_label})  "
             f"ratio {self.ratio:6.3f}  {target}  {verdict}"
         )
         if self.note:
@@ -385,6 +390,261 @@ def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
     return SlackSender(
         server.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack, timeout=10
     )
+
+
+def upgrade_database(server: Server) -> None:
+    """``meetbot db upgrade`` with the server's environment, before it starts.
+
+    Production migrates this way (docs/deploy.md, the Kubernetes Job) and
+    ``serve`` then finds the schema current and loads no Alembic; replicas do
+    not race to migrate.
+    """
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bot.ops.cli", "db", "upgrade"],
+        env=server.env,
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchFailure(f"meetbot db upgrade failed: {proc.stderr.decode(errors='replace')}")
+
+
+def settled(url: str, timeout: float = 120.0) -> None:
+    """Wait until the bot owes Slack nothing (no outbox row pending, leased or held).
+
+    Then counting what Slack received is final: nothing more will be sent.
+    """
+
+    def owed() -> int:
+        return int(scalar(url, "SELECT count(*) FROM outbox WHERE state = 'pending'") or 0)
+
+    wait_until(lambda: owed() == 0, timeout, interval=0.1, what="the outbox to settle")
+
+
+# -- the least a call takes ----------------------------------------------------------
+@dataclass(frozen=True)
+class CallFloor:
+    """The doubles' round trips as a client sees them, measured in this run (medians)."""
+
+    create_s: float  # AMS POST /broadcasts/create
+    post_s: float  # Slack chat.postMessage
+
+    @property
+    def link_s(self) -> float:
+        """The least time from a /meet to a DM: the AMS create, then the post."""
+        return self.create_s + self.post_s
+
+    def label(self) -> str:
+        return f"AMS create {self.create_s * 1000:.0f} + post {self.post_s * 1000:.0f} ms"
+
+
+def call_floor(ams: AmsDouble, slack: SlackDouble, samples: int = 7) -> CallFloor:
+    """Time real AMS creates and ``chat.postMessage`` calls from here, one at a time.
+
+    The calls that must follow one another before a DM can exist, at the
+    doubles' latency as it is on this machine right now. Each client is warmed
+    (one untimed call) so the figures are keep-alive round trips, as the bot's
+    are. What this leaves behind is removed: the rooms, AMS's request log, and
+    every call, message and rate window of the Slack double (``reset``), so call
+    it before building any request for the bot.
+    """
+    rest = f"{ams.url}{ams.rest_base}/broadcasts"
+    made: list[str] = []
+    creates: list[float] = []
+    with requests.Session() as http:
+        for i in range(samples + 1):
+            room = f"benchfloor{uuid.uuid4().hex[:12]}"
+            body = {"streamId": room, "name": "floor", "type": "liveStream"}
+            t = time.perf_counter()
+            http.post(f"{rest}/create", json=body, timeout=30).raise_for_status()
+            if i:
+                creates.append(time.perf_counter() - t)
+            made.append(room)
+        latency, ams.latency = ams.latency, 0.0
+        for room in made:
+            http.delete(f"{rest}/{room}", timeout=30)
+        ams.latency = latency
+        ams.clear_requests()
+        posts: list[float] = []
+        url = f"{slack.api_url}chat.postMessage"
+        headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+        for i in range(samples + 1):
+            channel = f"C0FLOOR{i:04d}"
+            slack.add_channel(channel, f"floor-{i}")
+            t = time.perf_counter()
+            resp = http.post(
+                url, data={"channel": channel, "text": "floor"}, headers=headers, timeout=30
+            )
+            if i:
+                posts.append(time.perf_counter() - t)
+            if not resp.json().get("ok"):
+                raise BenchFailure(f"chat.postMessage on the Slack double failed: {resp.text}")
+    slack.reset()
+    return CallFloor(statistics.median(creates), statistics.median(posts))
+
+
+# -- what Slack received -------------------------------------------------------------
+def posted(slack: SlackDouble) -> list[Call]:
+    """The ``chat.postMessage`` calls Slack accepted, in the order it counted them."""
+    return [c for c in slack.calls_to("chat.postMessage") if c.ok]
+
+
+def dm_user(call: Call) -> str | None:
+    """The person a post went to by DM (the bot posts DMs to the user id), else None."""
+    channel = str(call.args.get("channel") or "")
+    if channel[:1] in ("U", "W"):
+        return channel
+    if channel.startswith("D"):
+        return channel[1:]
+    return None
+
+
+TOPIC = re.compile(r"\b[a-z]+-\d{4}\b")
+
+
+@dataclass(frozen=True)
+class Meet:
+    """One ``/meet`` a benchmark sent: a unique topic, who, where, and when it was sent."""
+
+    topic: str
+    requester: str
+    invitees: tuple[str, ...]
+    channel: str
+    sent: float = 0.0  # time.monotonic(), the Slack double's clock
+
+    @property
+    def text(self) -> str:
+        return " ".join([self.topic, *(f"<@{u}|{u.lower()}>" for u in self.invitees)])
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        return (self.requester, *self.invitees)
+
+    def posts(self, available: float) -> list[tuple[str, float]]:
+        """Its DMs' and card's channels, each first possible ``available`` s after sending."""
+        at = self.sent + available
+        return [*(("D" + u, at) for u in self.people), (self.channel, at)]
+
+
+def deliveries(slack: SlackDouble) -> dict[str, dict[str, list[float]]]:
+    """topic -> recipient (a user id for a DM, else the channel) -> when each post landed.
+
+    Every DM and card names its room's topic in its text (``bot.slack.messages``);
+    the benchmarks give each ``/meet`` a topic of its own.
+    """
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for call in posted(slack):
+        found = TOPIC.search(str(call.args.get("text") or ""))
+        if found is None:
+            continue
+        recipient = dm_user(call) or str(call.args.get("channel"))
+        out[found.group(0)][recipient].append(call.at)
+    return out
+
+
+def check_delivered(out: Outcome, slack: SlackDouble, meets: Sequence[Meet], what: str) -> None:
+    """Every person of every ``/meet`` got exactly one DM, its channel exactly one card,
+    and Slack accepted no other post."""
+    got = deliveries(slack)
+    wrong: list[str] = []
+    for m in meets:
+        for recipient in (*m.people, m.channel):
+            n = len(got.get(m.topic, {}).get(recipient, []))
+            if n != 1:
+                wrong.append(f"{m.topic} -> {recipient}: {n}")
+    out.check(not wrong, f"{what}: {len(wrong)} posts not delivered exactly once, e.g. {wrong[:5]}")
+    expected = sum(len(m.people) + 1 for m in meets)
+    accepted = len(posted(slack))
+    out.check(accepted == expected, f"{what}: Slack accepted {accepted} posts, expected {expected}")
+
+
+def link_times(slack: SlackDouble, meets: Sequence[Meet]) -> tuple[list[float], list[float]]:
+    """Seconds from each ``/meet`` to its requester's DM, and to its last invitee's DM."""
+    got = deliveries(slack)
+    requester: list[float] = []
+    last: list[float] = []
+    for m in meets:
+        mine = got.get(m.topic, {})
+        if mine.get(m.requester):
+            requester.append(min(mine[m.requester]) - m.sent)
+        if m.invitees and all(mine.get(u) for u in m.invitees):
+            last.append(max(min(mine[u]) for u in m.invitees) - m.sent)
+    return requester, last
+
+
+def posts_429(slack: SlackDouble) -> tuple[int, int]:
+    """(answered 429, all) ``chat.postMessage`` calls."""
+    calls = slack.calls_to("chat.postMessage")
+    return sum(1 for c in calls if c.status == 429), len(calls)
+
+
+# -- requests as Slack sends them ------------------------------------------------------
+def command_body(slack: SlackDouble, user: str, channel: str, text: str) -> str:
+    """The form body Slack POSTs for ``/meet text`` (as ``SlackSender.command``)."""
+    fields = [
+        ("token", "verification-token"),
+        ("team_id", TEAM),
+        ("team_domain", slack.team_domain),
+        ("channel_id", channel),
+        ("channel_name", channel.lower()),
+        ("user_id", user),
+        ("user_name", user.lower()),
+        ("command", "/meet"),
+        ("text", text),
+        ("api_app_id", "A0001"),
+        ("is_enterprise_install", "false"),
+        ("response_url", slack.make_response_url()),
+        ("trigger_id", slack.issue_trigger_id(user)),
+    ]
+    return urlencode(fields)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request of ``fire``: when it was due (monotonic), its latency from then, its answer."""
+
+    due: float
+    started: float
+    latency: float
+    status: int
+    text: str
+
+
+def fire(
+    url: str,
+    bodies: Sequence[str],
+    *,
+    concurrency: int,
+    warmup: Sequence[str] = (),
+    offsets: Sequence[float] | None = None,
+) -> list[Sent]:
+    """Send ``bodies`` from ``bench.load`` in its own process; one ``Sent`` per body.
+
+    Closed loop (``offsets`` None): ``concurrency`` clients send back to back.
+    Open loop: body i is due ``offsets[i]`` s after the start, whatever the
+    server is doing, on up to ``concurrency`` connections; latency counts from
+    when it was due. ``time.monotonic`` is one clock for every process here.
+    """
+    spec = {
+        "url": url,
+        "concurrency": concurrency,
+        "warmup": list(warmup),
+        "bodies": list(bodies),
+        "offsets": None if offsets is None else list(offsets),
+    }
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bench.load"],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchFailure(f"load generator failed: {proc.stderr.decode(errors='replace')}")
+    return [Sent(*r) for r in json.loads(proc.stdout)["results"]]
 
 
 #: The doubles' handler threads' niceness: they stand in for other machines.
