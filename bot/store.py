@@ -268,7 +268,8 @@ class SlackPace(Base):
     * ``w:<team>``, a workspace: ``seq`` counts the posts reserved so far and
       ``floor_at`` holds a pause after a 429;
     * ``w:<team>:<i>``, slot ``i`` of the workspace's ring of its last N starts
-      (``next_at``): post ``k`` may start only a window after post ``k - N`` did.
+      (``next_at``): post ``k`` may start only a window after post ``k - N`` did,
+      and not before ``floor_at`` (a window after post ``k - N`` ended).
 
     Unix seconds as floats: paces are a second apart.
     """
