@@ -580,8 +580,13 @@ class Store:
         ts: str | None = None,
         error: str | None = None,
         retry_at: int | None = None,
+        tried: bool = True,
     ) -> bool:
-        """Record how a send ended; False when our lease was lost meanwhile."""
+        """Record how a send ended; False when our lease was lost meanwhile.
+
+        ``tried=False``: the claim sent nothing (a post put off until its paced
+        slot), so it is not counted as an attempt.
+        """
         with self.write() as s:
             row = s.get(Outbox, row_id)
             if row is None or row.lease_owner != owner:
@@ -589,6 +594,8 @@ class Store:
             row.lease_owner = None
             row.lease_until = None
             row.error = error[:200] if error else None
+            if not tried:
+                row.attempts = max(0, row.attempts - 1)
             if retry_at is not None:
                 row.not_before = retry_at
                 return True
