@@ -42,6 +42,7 @@ from bench.harness import (
     call_floor,
     check_delivered,
     command_body,
+    cpu_seconds,
     deliveries,
     doubles,
     earliest_finish,
@@ -141,6 +142,7 @@ def measure(ams: AmsDouble, slack: SlackDouble, w: Workload, samples: int) -> Ou
             )
             out.check(all(s.status == 200 for s in fl), "floor: a request was not answered 200")
             floor_p99 = percentile([s.latency * 1000 for s in fl], 0.99)
+            cpu = cpu_seconds(bot.pid)
             res = fire(
                 bot.url + "/slack/events",
                 bodies(slack, meets),
@@ -167,6 +169,7 @@ def measure(ams: AmsDouble, slack: SlackDouble, w: Workload, samples: int) -> Ou
                 what=f"{expected} posts of the burst",
             )
             settled(url)
+            cpu = cpu_seconds(bot.pid) - cpu
             creates = ams.count("POST", CREATE)
             out.check(creates == w.meets, f"{creates} AMS creates for {w.meets} /meets")
             check_delivered(out, slack, sent, "burst")
@@ -187,7 +190,8 @@ def measure(ams: AmsDouble, slack: SlackDouble, w: Workload, samples: int) -> Ou
         f"burst: last post {last_post - t0:.2f} s after the first /meet, caps allow "
         f"{allowed:.2f} s (a schedule under both caps ends at {schedule:.2f} s, the last "
         f"/meet's posts exist at {max(m.sent for m in sent) - t0 + floor_calls.link_s:.2f} s); "
-        f"{limited} of {calls} chat.postMessage answered 429"
+        f"{limited} of {calls} chat.postMessage answered 429; meetbot used {cpu:.1f} s of CPU "
+        f"from the first /meet to the last post ({cpu / max(1e-9, last_post - t0):.0%} of a core)"
     )
     out.lines += [
         Line(

@@ -40,6 +40,7 @@ from bench.harness import (
     Server,
     call_floor,
     check_delivered,
+    cpu_seconds,
     doubles,
     earliest_finish,
     log,
@@ -137,6 +138,7 @@ def fan_out(
     """Send ``meets`` back to back, spread over ``bots`` in turn as a load balancer
     would; wait for every post; check each landed once; the time and 429 lines."""
     senders = [sender_for(b, slack) for b in bots]
+    cpu = sum(cpu_seconds(b.pid) for b in bots)
     try:
         for i, sender in enumerate(senders):  # a warm connection each, as Slack keeps
             sender.command("help", user_id=meets[0].requester, channel_id=f"C0WARM{i}")
@@ -165,6 +167,7 @@ def fan_out(
         what=f"{expected} posts",
     )
     settled(url)
+    cpu = sum(cpu_seconds(b.pid) for b in bots) - cpu
     ok_calls = posted(slack)
     last = max(c.at for c in ok_calls)
     first = min(c.at for c in ok_calls)
@@ -180,7 +183,8 @@ def fan_out(
         f"{tag} {s.name}: {len(ok_calls)} posts, the last {last - t0:.2f} s after the first "
         f"/meet (caps allow {allowed_at - t0:.2f} s; a schedule under both caps ends at "
         f"{schedule - t0:.2f} s); first post after {first - t0:.2f} s; "
-        f"{limited} of {calls} chat.postMessage answered 429; {floor.label()}"
+        f"{limited} of {calls} chat.postMessage answered 429; {floor.label()}; meetbot "
+        f"used {cpu:.1f} s of CPU ({1000 * cpu / len(ok_calls):.1f} ms per post)"
     )
     cap = f"{s.cap[0]}/{s.cap[1]}s"
     return [

@@ -18,17 +18,27 @@ ideal), every grant revoked and one revoke audit row per room.
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench import seed
 from bench.harness import (
+    REPO,
     Line,
     Outcome,
+    Server,
+    cpu_seconds,
     doubles,
     execute,
     log,
@@ -76,8 +86,54 @@ def run(quick: bool = False, kinds: tuple[str, ...] = ("sqlite", "postgresql")) 
     return out
 
 
-def ideal_s(rooms: int, replicas: int) -> float:
-    return rooms * len(REVOKE_CALLS) * AMS_LATENCY_S / (replicas * CONCURRENCY)
+def ideal_s(rooms: int, replicas: int, latency: float) -> float:
+    return rooms * len(REVOKE_CALLS) * latency / (replicas * CONCURRENCY)
+
+
+def ams_pace(ams: AmsDouble, concurrency: int, rooms: int) -> float:
+    """Seconds per AMS call when ``concurrency`` clients revoke rooms at once, in this run.
+
+    ``rooms`` throwaway rooms are made on the double, then revoked with
+    ``REVOKE_CALLS`` from ``bench.amsload`` (its own process, ``concurrency``
+    keep-alive clients): elapsed x concurrency / calls. The double sleeps
+    ``AMS_LATENCY_S`` per call; what it takes on top (its threads, this
+    machine's load) no bot could avoid either, so the ideal is computed with this.
+    """
+    ids = [f"benchpace{i:05d}{uuid.uuid4().hex[:8]}" for i in range(rooms)]
+    latency, ams.latency = ams.latency, 0.0
+    seed.rooms_on_ams(ams, ids)
+    ams.latency = AMS_LATENCY_S
+    calls = [
+        [m, f"{ams.rest_base}/broadcasts/{r}{suffix}"] for r in ids for m, suffix in REVOKE_CALLS
+    ]
+    spec = {"base": ams.url, "concurrency": concurrency, "calls": calls}
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bench.amsload"],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+        check=True,
+    )
+    ams.latency = latency
+    ams.clear_requests()
+    return float(json.loads(proc.stdout)["elapsed"]) * concurrency / len(calls)
+
+
+def ams_call_ms(bots: list[Server]) -> float:
+    """The mean AMS call as the bots timed them (``meetbot_ams_call_seconds``), in ms."""
+    total = count = 0.0
+    for bot in bots:
+        text = requests.get(bot.url + "/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.name != "meetbot_ams_call_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+    return 1000 * total / count if count else math.nan
 
 
 def check_revoke_calls(out: Outcome, ams: AmsDouble, room_ids: list[str], what: str) -> None:
@@ -119,7 +175,8 @@ def sweep_once(
     for u in owners:
         slack.add_user(u, u.lower())
     room_ids = [new_room_id() for _ in range(n)]
-    ideal = ideal_s(n, replicas)
+    pace = ams_pace(ams, replicas * CONCURRENCY, max(40, n // 10))
+    ideal = ideal_s(n, replicas, pace)
     with database(kind) as url, workdir() as wd, ExitStack() as stack:
         # Set up before the bots start, so the start-up reconciliation (AMS listing vs
         # database) sees a consistent picture; the rooms end later, all in one UPDATE.
@@ -152,6 +209,7 @@ def sweep_once(
         wait_reconciled(url)
         ams.clear_requests()
         ams.latency = AMS_LATENCY_S
+        cpu = sum(cpu_seconds(b.pid) for b in bots)
         execute(url, "UPDATE rooms SET expires_at = :t", t=int(time.time()) - 1)
         t0 = time.monotonic()
 
@@ -160,6 +218,8 @@ def sweep_once(
 
         wait_until(revoked, timeout=60 + 6 * ideal, interval=0.1, what=f"{n} rooms revoked")
         elapsed = time.monotonic() - t0
+        cpu = sum(cpu_seconds(b.pid) for b in bots) - cpu
+        ams_ms = ams_call_ms(bots)
         # Whatever a second revoke of a room would call has been called by the time
         # every replica has swept twice more (a sweep a second).
         time.sleep(2.5)
@@ -181,14 +241,17 @@ def sweep_once(
     calls = len(REVOKE_CALLS)
     log(
         f"{tag} {kind}: {n} rooms revoked in {elapsed:.2f} s by {replicas} replica(s) "
-        f"(AMS-bound ideal {ideal:.2f} s)"
+        f"(AMS-bound ideal {ideal:.2f} s); meetbot used {cpu:.1f} s of CPU "
+        f"({1000 * cpu / n:.2f} ms per room); its AMS calls took {ams_ms:.1f} ms on average "
+        f"as it timed them; the double answered {replicas * CONCURRENCY} clients at "
+        f"{pace * 1000:.1f} ms a call (it sleeps {AMS_LATENCY_S * 1000:.0f} ms)"
     )
     return Line(
         f"{tag} {n} rooms {kind}" + (f" x{replicas}" if replicas > 1 else ""),
         elapsed,
         ideal,
         "s",
-        f"{n}x{calls}x{AMS_LATENCY_S * 1000:.0f}ms/({replicas}x{CONCURRENCY})",
+        f"{n}x{calls}x{pace * 1000:.1f}ms/({replicas}x{CONCURRENCY})",
         target,
     )
 
