@@ -43,9 +43,7 @@ def _slack_sdk_table(diff: object) -> bool:
     return str(getattr(table, "name", "")).startswith("slack_")
 
 
-def test_head_names_the_newest_migration_and_a_current_schema_skips_alembic(
-    tmp_path, monkeypatch
-):
+def test_head_names_the_newest_migration_and_a_current_schema_skips_alembic(tmp_path, monkeypatch):
     """``bot.migrations.HEAD`` is the real head; at it, ``migrate`` never calls Alembic."""
     from alembic.script import ScriptDirectory
 
