@@ -81,6 +81,25 @@ def warm(pacer: Pacer, clock: ManualClock, round_trip: float = 0.05) -> None:
         pacer.posted(slot, clock(), clock() + round_trip)
 
 
+def test_a_post_slack_refused_gives_its_place_in_the_window_back(
+    stores: tuple[Store, Store],
+) -> None:
+    """A 429 is not counted in Slack's window: its retry must not wait a window for it."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(2, 10), clock=clock) for s in stores)
+    refused, _ = a.reserve(TEAM, "D1", horizon=FAR)
+    counted, _ = a.reserve(TEAM, "D2", horizon=FAR)
+    a.posted(counted, 1_000.0, 1_000.05)
+    a.posted(refused, 1_000.0, 1_000.05, counted=False)
+    a.pause(TEAM, "D1", 1)  # its Retry-After
+    retry, _ = b.reserve(TEAM, "D1", horizon=FAR)
+    # Its channel's next slot, not 1_010.1: Slack has counted only one post.
+    assert retry.start == pytest.approx(1_000.0 + CHANNEL_GAP_S)
+    # The post after it is the third Slack counts: a window after the first.
+    third, _ = b.reserve(TEAM, "D3", horizon=FAR)
+    assert third.start == pytest.approx(1_000.05 + 10 + WINDOW_MARGIN_S)
+
+
 def test_a_slow_post_moves_its_channel_s_next_start(stores: tuple[Store, Store]) -> None:
     """Slack may count a post when its answer leaves: the next one starts a gap after that."""
     clock = ManualClock(1_000.0)

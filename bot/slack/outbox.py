@@ -261,8 +261,13 @@ class OutboxWorker:
                     channel, ts = self.slack.post(
                         row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
                     )
-                finally:
+                except SlackSendError as e:  # a 429 was refused, not counted, by Slack
+                    self.pacer.posted(slot, started, time.time(), counted=e.retry_after is None)
+                    raise
+                except BaseException:  # whatever happened, Slack may have counted it
                     self.pacer.posted(slot, started, time.time())
+                    raise
+                self.pacer.posted(slot, started, time.time())
         except SlackSendError as e:
             self._failed(row, e)
             return

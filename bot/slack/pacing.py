@@ -128,13 +128,26 @@ class Pacer:
             floor = max(floors, default=0.0)
         return max(0.0, floor - self.clock())
 
-    def posted(self, slot: Slot, started: float, ended: float) -> None:
+    def posted(self, slot: Slot, started: float, ended: float, *, counted: bool = True) -> None:
         """A post to ``slot``'s channel ran from ``started`` to ``ended`` (this clock).
 
         Slack counted it at the latest at ``ended`` less the quickest round trip
         seen: the channel's next post starts a gap after that, and the post that
         takes this ring slot next (N posts later) a window after that.
+
+        ``counted=False``: Slack refused it (429), so it is not in Slack's window:
+        its ring slot is given back (unless a later post already took it), or the
+        retry would count twice and wait a whole window at a busy workspace's cap.
         """
+        if not counted:
+            if slot.ring:
+                with self.store.write() as s:
+                    s.execute(
+                        update(SlackPace)
+                        .where(SlackPace.key == slot.ring, SlackPace.next_at == slot.start)
+                        .values(next_at=0.0)
+                    )
+            return
         with self._lock:
             took = ended - started
             self._quickest = took if self._quickest is None else min(self._quickest, took)
