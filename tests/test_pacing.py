@@ -100,6 +100,22 @@ def test_a_post_slack_refused_gives_its_place_in_the_window_back(
     assert third.start == pytest.approx(1_000.05 + 10 + WINDOW_MARGIN_S)
 
 
+def test_a_refused_post_in_the_middle_of_the_window_frees_the_next_place(
+    stores: tuple[Store, Store],
+) -> None:
+    """The retry takes the next place in the ring, not the refused post's own."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(3, 10), clock=clock) for s in stores)
+    first, refused, last = (a.reserve(TEAM, f"D{i}", horizon=FAR)[0] for i in (1, 2, 3))
+    clock.set(1_005.0)
+    a.posted(refused, 1_000.0, 1_000.05, counted=False)
+    retry, _ = b.reserve(TEAM, "D2", horizon=FAR)
+    assert retry.start == pytest.approx(1_005.0)  # Slack's window holds two posts
+    # Now it holds three (the first, the last and the retry): the next waits for the first.
+    fourth, _ = b.reserve(TEAM, "D4", horizon=FAR)
+    assert fourth.start == pytest.approx(1_000.0 + 10 + WINDOW_MARGIN_S)
+
+
 def test_a_slow_post_moves_its_channel_s_next_start(stores: tuple[Store, Store]) -> None:
     """Slack may count a post when its answer leaves: the next one starts a gap after that."""
     clock = ManualClock(1_000.0)
