@@ -581,9 +581,17 @@ def link_times(slack: SlackDouble, meets: Sequence[Meet]) -> tuple[list[float], 
 
 
 def posts_429(slack: SlackDouble) -> tuple[int, int]:
-    """(answered 429, all) ``chat.postMessage`` calls."""
+    """(answered 429, all) ``chat.postMessage`` calls; each 429 is logged with its cause."""
     calls = slack.calls_to("chat.postMessage")
-    return sum(1 for c in calls if c.status == 429), len(calls)
+    refused = [c for c in calls if c.status == 429]
+    counted = [c for c in calls if c.ok]
+    for c in refused:  # which cap: the channel's last counted post, the workspace's window
+        channel = c.args.get("channel")
+        same = [o.at for o in counted if o.at < c.at and o.args.get("channel") == channel]
+        window = sum(1 for o in counted if c.at - slack.workspace_window < o.at < c.at)
+        last = f"{c.at - same[-1]:.3f} s after its last counted post" if same else "its first"
+        log(f"429 on {channel}: {last}; {window} posts in the window before it")
+    return len(refused), len(calls)
 
 
 # -- requests as Slack sends them ------------------------------------------------------
