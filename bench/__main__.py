@@ -19,15 +19,18 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import ack, fanout, footprint, harness, minting, sweep
+from bench import burst, fanout, footprint, harness, link, minting, replicas, sweep
 from bench.harness import BenchFailure, Outcome
 
+#: In the order they run; the figures of issue 15 (docs/benchmarks.md).
 BENCHMARKS: dict[str, Callable[[bool], Outcome]] = {
-    "tokens": minting.run,
-    "footprint": footprint.run,
-    "ack": ack.run,
-    "fanout": fanout.run,
-    "sweep": sweep.run,
+    "tokens": minting.run,  # report only
+    "footprint": footprint.run,  # 5. memory, and the list queries at 10,000 rooms
+    "link": link.run,  # 1. time to link, alone
+    "burst": burst.run,  # 2. the morning burst (and 1. during it)
+    "fanout": fanout.run,  # 3. fan-out under the caps
+    "replicas": replicas.run,  # 4. three replicas on one PostgreSQL
+    "sweep": sweep.run,  # 6. the sweep, one replica
 }
 
 

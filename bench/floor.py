@@ -5,8 +5,11 @@ body limit; Bolt with ``process_before_response=True``, signature checking on,
 no token verification), so the difference between the two is what meetbot's
 own code costs on the ack path.
 
-Run as ``python -m bench.floor PORT`` with ``SLACK_API_URL`` set (Bolt calls
+Run as ``python -m bench.floor PORT`` with the bot's environment
+(``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_API_URL``: Bolt calls
 ``auth.test`` once, as the bot does); answers ``GET /healthz`` for start-up.
+It imports nothing but Bolt, slack_sdk and waitress, so that its resident
+memory is what a bare Bolt app on waitress needs (the footprint's floor).
 """
 
 from __future__ import annotations
@@ -22,18 +25,17 @@ from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
-from bench.harness import BOT_TOKEN, SIGNING_SECRET
-
-THREADS = 16  # bot.services.serve's waitress threads
-MAX_BODY_BYTES = 1024 * 1024  # bot.services.MAX_BODY_BYTES
+THREADS = 16  # bot.server.serve's waitress threads
+MAX_BODY_BYTES = 1024 * 1024  # bot.web.app.MAX_BODY_BYTES
 
 
 def build() -> Callable[..., Iterable[bytes]]:
     # Like the bot's: pointed at the Slack double, where Bolt's one auth.test goes.
-    client = WebClient(token=BOT_TOKEN, base_url=os.environ["SLACK_API_URL"], timeout=10)
+    token = os.environ["SLACK_BOT_TOKEN"]
+    client = WebClient(token=token, base_url=os.environ["SLACK_API_URL"], timeout=10)
     app = App(
-        token=BOT_TOKEN,
-        signing_secret=SIGNING_SECRET,
+        token=token,
+        signing_secret=os.environ["SLACK_SIGNING_SECRET"],
         client=client,
         process_before_response=True,
         token_verification_enabled=False,

@@ -8,29 +8,35 @@ at exit and by the watchdog), so a run always stops by itself.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
+import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import requests
 import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.env import serve_env
 from bot.sim.priority import NiceThreads
 from bot.sim.process import ServerFailed, ServerProcess
-from bot.sim.slack import SlackDouble, SlackSender
+from bot.sim.slack import Call, SlackDouble, SlackSender
 
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-bench-token"
@@ -82,8 +88,8 @@ class Line:
         if not judged and self.target is not None:
             verdict = "(speed not judged)"
         text = (
-            f"{self.name:<30} {fmt(self.measured, self.unit):>14}  "
-            f"limit {fmt(self.limit, self.unit):>14} ({self.limit_label})  "
+            f"{self.name:<38} {fmt(self.measured, self.unit):>11}  "
+            f"limit {fmt(self.limit, self.unit):>11} ({self.limit_label})  "
             f"ratio {self.ratio:6.3f}  {target}  {verdict}"
         )
         if self.note:
@@ -125,6 +131,100 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
+
+
+# -- what Slack's caps allow ---------------------------------------------------------
+Posts = Iterable[tuple[str, float]]
+
+
+def earliest_finish(posts: Posts, *, rate: float, cap: tuple[int, float] | None = None) -> float:
+    """The earliest moment the last of ``posts`` can be counted by Slack: the fan-out limit.
+
+    ``posts`` are ``(channel, earliest)`` pairs: ``earliest`` is when the post
+    could first exist (its ``/meet``'s send time + the AMS create + the post's
+    own round trip), on any clock. Slack (and the double) count posts to one
+    channel at least ``1 / rate`` s apart, and with ``cap = (N, W)`` any N + 1
+    consecutive posts of the workspace span at least W s (a sliding window:
+    post k may be counted once post k - N is W old).
+
+    Two best schedules are simulated, each exact: every channel on its own under
+    its rate (its posts in order of availability, each as soon as both its
+    availability and its channel's gap allow), and every post under the
+    workspace cap alone (in order of availability, each as soon as it is
+    available and the post N before it is W old). No schedule that honours both
+    caps ends before either, so the later of the two is a true lower bound.
+    The best schedule under both at once is a hard scheduling problem in general
+    (``schedule_finish`` finds a good one); the benchmarks' workloads are built
+    so that one of the two sets the end, and they log both so a gap shows.
+    ``tests/test_bench_harness.py`` checks the bound against every possible order
+    of small cases.
+    """
+    queues = _by_channel(posts)
+    gap = 1.0 / rate
+    finish = -math.inf
+    for q in queues.values():  # each channel alone
+        t = -math.inf
+        for earliest in q:
+            t = max(earliest, t + gap)
+        finish = max(finish, t)
+    if cap is not None:  # the workspace alone
+        n, window = cap
+        recent: deque[float] = deque(maxlen=n)  # the last N counted times
+        t = -math.inf
+        for earliest in sorted(e for q in queues.values() for e in q):
+            t = max(earliest, t, recent[0] + window if len(recent) == n else -math.inf)
+            recent.append(t)
+        finish = max(finish, t)
+    return finish
+
+
+def schedule_finish(posts: Posts, *, rate: float, cap: tuple[int, float] | None = None) -> float:
+    """When a good schedule under both caps at once ends (never before ``earliest_finish``).
+
+    Greedy, one post at a time in the order they are counted: the next post goes
+    at the earliest moment any channel's next post can go; when several can go
+    then, the channel whose remaining posts would end last on their own goes
+    first. Not always the best (a long channel can gain from waiting for a slot a
+    short one would take), which is why the limit is ``earliest_finish``; equal to
+    it, the limit is exactly the best schedule.
+    """
+    queues = _by_channel(posts)
+    gap = 1.0 / rate
+    nxt = dict.fromkeys(queues, 0)  # index of each channel's next post
+    free = dict.fromkeys(queues, -math.inf)  # when each channel may be counted again
+    recent: deque[float] = deque(maxlen=cap[0] if cap else 1)
+    last = -math.inf
+    left = sum(len(q) for q in queues.values())
+
+    def alone(channel: str, start: float) -> float:
+        t = start
+        for r in queues[channel][nxt[channel] + 1 :]:
+            t = max(r, t + gap)
+        return t
+
+    while left:
+        budget = recent[0] + cap[1] if cap is not None and len(recent) == cap[0] else -math.inf
+        starts = {c: max(q[nxt[c]], free[c]) for c, q in queues.items() if nxt[c] < len(q)}
+        t = max(min(starts.values()), budget, last)
+        ready = [c for c, s in starts.items() if s <= t]
+        channel = max(ready, key=lambda c: (alone(c, t), len(queues[c]) - nxt[c], c))
+        nxt[channel] += 1
+        free[channel] = t + gap
+        last = t
+        left -= 1
+        recent.append(t)
+    return last
+
+
+def _by_channel(posts: Posts) -> dict[str, list[float]]:
+    queues: dict[str, list[float]] = defaultdict(list)
+    for channel, earliest in posts:
+        queues[channel].append(earliest)
+    if not queues:
+        raise ValueError("no posts")
+    for q in queues.values():
+        q.sort()
+    return queues
 
 
 def log(message: str) -> None:
@@ -213,6 +313,12 @@ def rss_mib(pid: int) -> float:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) ``pid`` has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children_of(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -290,6 +396,269 @@ def sender_for(server: Server, slack: SlackDouble | None = None) -> SlackSender:
     return SlackSender(
         server.url + "/slack/events", SIGNING_SECRET, team_id=TEAM, double=slack, timeout=10
     )
+
+
+def upgrade_database(server: Server) -> None:
+    """``meetbot db upgrade`` with the server's environment, before it starts.
+
+    Production migrates this way (docs/deploy.md, the Kubernetes Job) and
+    ``serve`` then finds the schema current and loads no Alembic; replicas do
+    not race to migrate.
+    """
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bot.ops.cli", "db", "upgrade"],
+        env=server.env,
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchFailure(f"meetbot db upgrade failed: {proc.stderr.decode(errors='replace')}")
+
+
+def settled(url: str, timeout: float = 120.0) -> None:
+    """Wait until the bot owes Slack nothing (no outbox row pending, leased or held).
+
+    Then counting what Slack received is final: nothing more will be sent.
+    """
+
+    def owed() -> int:
+        return int(scalar(url, "SELECT count(*) FROM outbox WHERE state = 'pending'") or 0)
+
+    wait_until(lambda: owed() == 0, timeout, interval=0.1, what="the outbox to settle")
+
+
+# -- the least a call takes ----------------------------------------------------------
+@dataclass(frozen=True)
+class CallFloor:
+    """The doubles' round trips as a client sees them, measured in this run (medians)."""
+
+    create_s: float  # AMS POST /broadcasts/create
+    post_s: float  # Slack chat.postMessage
+
+    @property
+    def link_s(self) -> float:
+        """The least time from a /meet to a DM: the AMS create, then the post."""
+        return self.create_s + self.post_s
+
+    def label(self) -> str:
+        return f"AMS create {self.create_s * 1000:.0f} + post {self.post_s * 1000:.0f} ms"
+
+
+def call_floor(ams: AmsDouble, slack: SlackDouble, samples: int = 7) -> CallFloor:
+    """Time real AMS creates and ``chat.postMessage`` calls from here, one at a time.
+
+    The calls that must follow one another before a DM can exist, at the
+    doubles' latency as it is on this machine right now. Each client is warmed
+    (one untimed call) so the figures are keep-alive round trips, as the bot's
+    are. What this leaves behind is removed: the rooms, AMS's request log, and
+    every call, message and rate window of the Slack double (``reset``), so call
+    it before building any request for the bot.
+    """
+    rest = f"{ams.url}{ams.rest_base}/broadcasts"
+    made: list[str] = []
+    creates: list[float] = []
+    with requests.Session() as http:
+        for i in range(samples + 1):
+            room = f"benchfloor{uuid.uuid4().hex[:12]}"
+            body = {"streamId": room, "name": "floor", "type": "liveStream"}
+            t = time.perf_counter()
+            http.post(f"{rest}/create", json=body, timeout=30).raise_for_status()
+            if i:
+                creates.append(time.perf_counter() - t)
+            made.append(room)
+        latency, ams.latency = ams.latency, 0.0
+        for room in made:
+            http.delete(f"{rest}/{room}", timeout=30)
+        ams.latency = latency
+        ams.clear_requests()
+        posts: list[float] = []
+        url = f"{slack.api_url}chat.postMessage"
+        headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+        for i in range(samples + 1):
+            channel = f"C0FLOOR{i:04d}"
+            slack.add_channel(channel, f"floor-{i}")
+            t = time.perf_counter()
+            resp = http.post(
+                url, data={"channel": channel, "text": "floor"}, headers=headers, timeout=30
+            )
+            if i:
+                posts.append(time.perf_counter() - t)
+            if not resp.json().get("ok"):
+                raise BenchFailure(f"chat.postMessage on the Slack double failed: {resp.text}")
+    slack.reset()
+    return CallFloor(statistics.median(creates), statistics.median(posts))
+
+
+# -- what Slack received -------------------------------------------------------------
+def posted(slack: SlackDouble) -> list[Call]:
+    """The ``chat.postMessage`` calls Slack accepted, in the order it counted them."""
+    return [c for c in slack.calls_to("chat.postMessage") if c.ok]
+
+
+def dm_user(call: Call) -> str | None:
+    """The person a post went to by DM (the bot posts DMs to the user id), else None."""
+    channel = str(call.args.get("channel") or "")
+    if channel[:1] in ("U", "W"):
+        return channel
+    if channel.startswith("D"):
+        return channel[1:]
+    return None
+
+
+TOPIC = re.compile(r"\b[a-z]+-\d{4}\b")
+
+
+@dataclass(frozen=True)
+class Meet:
+    """One ``/meet`` a benchmark sent: a unique topic, who, where, and when it was sent."""
+
+    topic: str
+    requester: str
+    invitees: tuple[str, ...]
+    channel: str
+    sent: float = 0.0  # time.monotonic(), the Slack double's clock
+
+    @property
+    def text(self) -> str:
+        return " ".join([self.topic, *(f"<@{u}|{u.lower()}>" for u in self.invitees)])
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        return (self.requester, *self.invitees)
+
+    def posts(self, available: float) -> list[tuple[str, float]]:
+        """Its DMs' and card's channels, each first possible ``available`` s after sending."""
+        at = self.sent + available
+        return [*(("D" + u, at) for u in self.people), (self.channel, at)]
+
+
+def deliveries(slack: SlackDouble) -> dict[str, dict[str, list[float]]]:
+    """topic -> recipient (a user id for a DM, else the channel) -> when each post landed.
+
+    Every DM and card names its room's topic in its text (``bot.slack.messages``);
+    the benchmarks give each ``/meet`` a topic of its own.
+    """
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for call in posted(slack):
+        found = TOPIC.search(str(call.args.get("text") or ""))
+        if found is None:
+            continue
+        recipient = dm_user(call) or str(call.args.get("channel"))
+        out[found.group(0)][recipient].append(call.at)
+    return out
+
+
+def check_delivered(out: Outcome, slack: SlackDouble, meets: Sequence[Meet], what: str) -> None:
+    """Every person of every ``/meet`` got exactly one DM, its channel exactly one card,
+    and Slack accepted no other post."""
+    got = deliveries(slack)
+    wrong: list[str] = []
+    for m in meets:
+        for recipient in (*m.people, m.channel):
+            n = len(got.get(m.topic, {}).get(recipient, []))
+            if n != 1:
+                wrong.append(f"{m.topic} -> {recipient}: {n}")
+    out.check(not wrong, f"{what}: {len(wrong)} posts not delivered exactly once, e.g. {wrong[:5]}")
+    expected = sum(len(m.people) + 1 for m in meets)
+    accepted = len(posted(slack))
+    out.check(accepted == expected, f"{what}: Slack accepted {accepted} posts, expected {expected}")
+
+
+def link_times(slack: SlackDouble, meets: Sequence[Meet]) -> tuple[list[float], list[float]]:
+    """Seconds from each ``/meet`` to its requester's DM, and to its last invitee's DM."""
+    got = deliveries(slack)
+    requester: list[float] = []
+    last: list[float] = []
+    for m in meets:
+        mine = got.get(m.topic, {})
+        if mine.get(m.requester):
+            requester.append(min(mine[m.requester]) - m.sent)
+        if m.invitees and all(mine.get(u) for u in m.invitees):
+            last.append(max(min(mine[u]) for u in m.invitees) - m.sent)
+    return requester, last
+
+
+def posts_429(slack: SlackDouble) -> tuple[int, int]:
+    """(answered 429, all) ``chat.postMessage`` calls; each 429 is logged with its cause."""
+    calls = slack.calls_to("chat.postMessage")
+    refused = [c for c in calls if c.status == 429]
+    counted = [c for c in calls if c.ok]
+    for c in refused:  # which cap: the channel's last counted post, the workspace's window
+        channel = c.args.get("channel")
+        same = [o.at for o in counted if o.at < c.at and o.args.get("channel") == channel]
+        window = sum(1 for o in counted if c.at - slack.workspace_window < o.at < c.at)
+        last = f"{c.at - same[-1]:.3f} s after its last counted post" if same else "its first"
+        log(f"429 on {channel}: {last}; {window} posts in the window before it")
+    return len(refused), len(calls)
+
+
+# -- requests as Slack sends them ------------------------------------------------------
+def command_body(slack: SlackDouble, user: str, channel: str, text: str) -> str:
+    """The form body Slack POSTs for ``/meet text`` (as ``SlackSender.command``)."""
+    fields = [
+        ("token", "verification-token"),
+        ("team_id", TEAM),
+        ("team_domain", slack.team_domain),
+        ("channel_id", channel),
+        ("channel_name", channel.lower()),
+        ("user_id", user),
+        ("user_name", user.lower()),
+        ("command", "/meet"),
+        ("text", text),
+        ("api_app_id", "A0001"),
+        ("is_enterprise_install", "false"),
+        ("response_url", slack.make_response_url()),
+        ("trigger_id", slack.issue_trigger_id(user)),
+    ]
+    return urlencode(fields)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request of ``fire``: when it was due (monotonic), its latency from then, its answer."""
+
+    due: float
+    started: float
+    latency: float
+    status: int
+    text: str
+
+
+def fire(
+    url: str,
+    bodies: Sequence[str],
+    *,
+    concurrency: int,
+    warmup: Sequence[str] = (),
+    offsets: Sequence[float] | None = None,
+) -> list[Sent]:
+    """Send ``bodies`` from ``bench.load`` in its own process; one ``Sent`` per body.
+
+    Closed loop (``offsets`` None): ``concurrency`` clients send back to back.
+    Open loop: body i is due ``offsets[i]`` s after the start, whatever the
+    server is doing, on up to ``concurrency`` connections; latency counts from
+    when it was due. ``time.monotonic`` is one clock for every process here.
+    """
+    spec = {
+        "url": url,
+        "concurrency": concurrency,
+        "warmup": list(warmup),
+        "bodies": list(bodies),
+        "offsets": None if offsets is None else list(offsets),
+    }
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "bench.load"],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchFailure(f"load generator failed: {proc.stderr.decode(errors='replace')}")
+    return [Sent(*r) for r in json.loads(proc.stdout)["results"]]
 
 
 #: The doubles' handler threads' niceness: they stand in for other machines.

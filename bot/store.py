@@ -326,7 +326,8 @@ class SlackPace(Base):
     * ``w:<team>``, a workspace: ``seq`` counts the posts reserved so far and
       ``floor_at`` holds a pause after a 429;
     * ``w:<team>:<i>``, slot ``i`` of the workspace's ring of its last N starts
-      (``next_at``): post ``k`` may start only a window after post ``k - N`` did.
+      (``next_at``): post ``k`` may start only a window after post ``k - N`` did,
+      and not before ``floor_at`` (a window after post ``k - N`` ended).
 
     Unix seconds as floats: paces are a second apart.
     """
@@ -728,10 +729,13 @@ class Store:
         error: str | None = None,
         retry_at: int | None = None,
         settled: int | None = None,
+        tried: bool = True,
     ) -> bool:
         """Record how a send ended; False when our lease was lost meanwhile.
 
         ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
+        ``tried=False``: the claim sent nothing (a post put off until its paced
+        slot), so it is not counted as an attempt.
         """
         with self.write() as s:
             row = s.get(Outbox, row_id)
@@ -742,6 +746,8 @@ class Store:
             row.error = error[:200] if error else None
             if settled is not None:
                 row.settled_attempts = settled
+            if not tried:
+                row.attempts = max(0, row.attempts - 1)
             if retry_at is not None:
                 row.not_before = retry_at
                 return True

@@ -260,3 +260,77 @@ def test_rows_handed_back_at_a_clean_stop_need_no_history_check(store, slack):
     finally:
         other.stop()
     assert len(slack.dms_to(BOB)) == 1 and history_calls(slack) == 0
+
+
+def test_a_post_put_off_for_the_workspace_cap_is_due_before_its_slot_and_not_an_attempt(
+    store, slack
+):
+    """Two posts per 30 s: the third's slot is beyond what a worker waits for, so it
+    goes back to the database. It must come back in time for its slot (not a second
+    or two after it), and, never having been sent, go out without first looking for
+    itself in the DM's history as a retried DM does."""
+    from bot.sim.ams import ManualClock
+
+    clock = ManualClock(now())
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=(2, 30), clock=clock), owner="w5", lease=60
+    )
+    try:
+        ids = [add_row(store, user) for user in (BOB, CAROL, "U0DAVE")]
+        slack.add_user("U0DAVE", "dave")
+        drain(w, store)
+        assert {len(slack.dms_to(u)) for u in (BOB, CAROL)} == {1}
+        (third,) = [r for r in _all(store) if r.id == ids[2]]
+        slot = clock() + 30  # a window after the first two
+        assert third.state == OutboxState.PENDING and third.attempts == 0
+        assert slot - 4 <= third.not_before < slot  # claimable before its slot
+        clock.set(slot + 0.5)  # the slot has come
+        drain(w, store)
+    finally:
+        w.stop()
+    assert len(slack.dms_to("U0DAVE")) == 1
+    assert slack.calls_to("conversations.history") == []
+
+
+def test_telling_a_requester_does_not_hold_a_sending_thread(store, slack):
+    """A burst of rooms each end with a reply to its requester (a Slack round trip):
+    with that on the sending threads, every other room's DMs would wait behind it."""
+    import threading
+
+    from tests.conftest import wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w6")
+    w.start()
+    told = threading.Event()
+    release = threading.Event()
+
+    def slow_reply(rows):
+        told.set()
+        release.wait(10)  # Slack's response_url taking its time
+
+    try:
+        with store.write() as tx:
+            tx.add(
+                Outbox(
+                    team_id="T0001",
+                    kind="dm_link",
+                    room_id="ROOM1",
+                    channel=BOB,
+                    payload="{}",
+                    state=OutboxState.PENDING,
+                    attempts=0,
+                    not_before=0,
+                    created_at=now(),
+                )
+            )
+        w.watch_room("ROOM1", slow_reply)
+        w.kick()
+        wait_for(lambda: told.is_set(), timeout=10)
+        add_row(store, CAROL)  # another room's DM, while the reply is still going
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(CAROL)) == 1, timeout=5)
+    finally:
+        release.set()
+        w.stop()

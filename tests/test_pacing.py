@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bot.sim.ams import ManualClock
-from bot.slack.pacing import CHANNEL_GAP_S, WINDOW_MARGIN_S, Pacer
+from bot.slack.pacing import CHANNEL_GAP_S, TRUSTED_ROUND_TRIPS, WINDOW_MARGIN_S, Pacer
 from bot.store import Store
 from tests.conftest import ALICE, TEAM, sender_for, wait_for
 from tests.helpers import settled
@@ -74,18 +74,99 @@ def test_a_429_pauses_the_channel_and_the_workspace(stores: tuple[Store, Store])
     assert b.reserve("T0OTHER", "C1", horizon=FAR)[0].start == 1_000.0  # another workspace
 
 
+def warm(pacer: Pacer, clock: ManualClock, round_trip: float = 0.05) -> None:
+    """Enough quick posts (elsewhere) for ``pacer`` to trust its quickest round trip."""
+    for i in range(TRUSTED_ROUND_TRIPS + 1):
+        slot, _ = pacer.reserve(TEAM, f"DWARM{i}", horizon=FAR)
+        pacer.posted(slot, clock(), clock() + round_trip)
+
+
+def test_a_post_slack_refused_gives_its_place_in_the_window_back(
+    stores: tuple[Store, Store],
+) -> None:
+    """A 429 is not counted in Slack's window: its retry must not wait a window for it."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(2, 10), clock=clock) for s in stores)
+    refused, _ = a.reserve(TEAM, "D1", horizon=FAR)
+    counted, _ = a.reserve(TEAM, "D2", horizon=FAR)
+    a.posted(counted, 1_000.0, 1_000.05)
+    a.posted(refused, 1_000.0, 1_000.05, counted=False)
+    a.pause(TEAM, "D1", 1)  # its Retry-After
+    retry, _ = b.reserve(TEAM, "D1", horizon=FAR)
+    # Its channel's next slot, not 1_010.1: Slack has counted only one post.
+    assert retry.start == pytest.approx(1_000.0 + CHANNEL_GAP_S)
+    # The post after it is the third Slack counts: a window after the first.
+    third, _ = b.reserve(TEAM, "D3", horizon=FAR)
+    assert third.start == pytest.approx(1_000.05 + 10 + WINDOW_MARGIN_S)
+
+
+def test_a_refused_post_in_the_middle_of_the_window_frees_the_next_place(
+    stores: tuple[Store, Store],
+) -> None:
+    """The retry takes the next place in the ring, not the refused post's own."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(3, 10), clock=clock) for s in stores)
+    first, refused, last = (a.reserve(TEAM, f"D{i}", horizon=FAR)[0] for i in (1, 2, 3))
+    clock.set(1_005.0)
+    a.posted(refused, 1_000.0, 1_000.05, counted=False)
+    retry, _ = b.reserve(TEAM, "D2", horizon=FAR)
+    assert retry.start == pytest.approx(1_005.0)  # Slack's window holds two posts
+    # Now it holds three (the first, the last and the retry): the next waits for the first.
+    fourth, _ = b.reserve(TEAM, "D4", horizon=FAR)
+    assert fourth.start == pytest.approx(1_000.0 + 10 + WINDOW_MARGIN_S)
+
+
 def test_a_slow_post_moves_its_channel_s_next_start(stores: tuple[Store, Store]) -> None:
     """Slack may count a post when its answer leaves: the next one starts a gap after that."""
     clock = ManualClock(1_000.0)
     a, b = (Pacer(s, cap=(600, 60), clock=clock) for s in stores)
-    quick, _ = a.reserve(TEAM, "C1", horizon=FAR)
-    a.posted(quick, 1_000.0, 1_000.05)  # the quickest round trip: 50 ms
+    warm(a, clock)  # the quickest round trip: 50 ms
     clock.set(1_002.0)
     slow, _ = a.reserve(TEAM, "C1", horizon=FAR)
     held, wait = b.reserve(TEAM, "C1", horizon=FAR)  # reserved while `slow` is in flight
     assert held.start == pytest.approx(1_002.0 + CHANNEL_GAP_S) and wait > 0
     a.posted(slow, 1_002.0, 1_002.55)  # answered half a second late
     assert b.until_floor(held) == pytest.approx(0.5 + CHANNEL_GAP_S, abs=1e-6)
+
+
+def test_before_it_trusts_a_round_trip_a_post_is_taken_as_counted_when_it_ended(
+    stores: tuple[Store, Store],
+) -> None:
+    """A process's first calls are its slowest (new connections, cold code): had the
+    first post's own round trip been taken off, a post counted late by Slack would let
+    the next start too early, and Slack would answer 429."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(600, 60), clock=clock) for s in stores)
+    first, _ = a.reserve(TEAM, "C1", horizon=FAR)
+    held, _ = b.reserve(TEAM, "C1", horizon=FAR)
+    a.posted(first, 1_000.0, 1_000.08)  # the first round trip this process saw
+    clock.set(held.start)
+    assert b.until_floor(held) == pytest.approx(0.08, abs=1e-6)
+
+
+def test_a_post_that_ended_late_moves_the_start_of_the_one_a_window_later(
+    stores: tuple[Store, Store],
+) -> None:
+    """The workspace cap: post k may be counted a window after post k - N was, and
+    that may have been as late as its answer."""
+    clock = ManualClock(1_000.0)
+    a, b = (Pacer(s, cap=(3, 10), clock=clock) for s in stores)
+    warm(a, clock)  # quickest round trip: 50 ms
+    clock.set(1_100.0)  # long after the warm-up's windows
+    slow, _ = a.reserve(TEAM, "D1", horizon=FAR)  # ring slot 0
+    second, _ = a.reserve(TEAM, "D2", horizon=FAR)  # ring slot 1
+    third, _ = a.reserve(TEAM, "D3", horizon=FAR)  # ring slot 2
+    held, _ = b.reserve(TEAM, "D4", horizon=FAR)  # slot 0 again, before `slow` ended
+    window = 10 + WINDOW_MARGIN_S
+    assert held.start == pytest.approx(1_100.0 + window)
+    a.posted(slow, 1_100.0, 1_100.7)  # answered 0.7 s after it started
+    a.posted(third, 1_100.0, 1_100.05)
+    clock.set(held.start)
+    assert b.until_floor(held) == pytest.approx(0.7 - 0.05, abs=1e-6)
+    # A post that reserves slot 1 after `second` ended late starts a window after that.
+    a.posted(second, 1_100.0, 1_100.3)
+    later, _ = b.reserve(TEAM, "D5", horizon=FAR)
+    assert later.start == pytest.approx(1_100.3 - 0.05 + window)
 
 
 def test_replicas_together_stay_under_slack_s_caps(start_bot, postgres_url, slack, ams):

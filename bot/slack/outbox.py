@@ -102,6 +102,9 @@ class OutboxWorker:
         self._sending_lock = threading.Lock()
         self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
+        # A watcher tells a requester how the invitations went (a response_url POST,
+        # a Slack round trip): not on a sending thread, which a burst of rooms needs.
+        self._told = ContextThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-done")
         self._watch_lock = threading.Lock()
         self.on_result = on_result
 
@@ -118,6 +121,7 @@ class OutboxWorker:
         if self._thread:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._told.shutdown(wait=True)
         # Rows we claimed but never started go back at once, not after the lease;
         # a send that began and never recorded its outcome stays unsure.
         with self._sending_lock:
@@ -294,13 +298,20 @@ class OutboxWorker:
                 )
             else:
                 assert slot is not None
-                started = time.time()
+                started = self.pacer.clock()  # the pacer's own time base
                 try:
                     channel, ts = self.slack.post(
                         row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
                     )
-                finally:
-                    self.pacer.posted(slot, started, time.time())
+                except SlackSendError as e:  # a 429 was refused, not counted, by Slack
+                    self.pacer.posted(
+                        slot, started, self.pacer.clock(), counted=e.retry_after is None
+                    )
+                    raise
+                except BaseException:  # whatever happened, Slack may have counted it
+                    self.pacer.posted(slot, started, self.pacer.clock())
+                    raise
+                self.pacer.posted(slot, started, self.pacer.clock())
         except SlackSendError as e:
             self._failed(row, e)
             return
@@ -325,7 +336,7 @@ class OutboxWorker:
         if held is not None:
             wait = self.pacer.until_floor(held)
             if wait > MAX_INLINE_WAIT_S:
-                self._retry_at(row, math.ceil(time.time() + wait), "paced")
+                self._put_back(row, self.pacer.clock() + wait)
                 return None
             if wait > 0:
                 time.sleep(wait)
@@ -338,7 +349,7 @@ class OutboxWorker:
                 horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
             slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
         if slot is None:
-            self._retry_at(row, math.ceil(time.time() + wait), "paced")
+            self._put_back(row, self.pacer.clock() + wait)
             return None
         if wait > INLINE_SLEEP_S and may_hold:
             self._hold(row, time.monotonic() + wait, slot)
@@ -371,6 +382,22 @@ class OutboxWorker:
 
     def _retry(self, row: Outbox, delay: int, error: str, *, unknown: bool = False) -> None:
         self._retry_at(row, now() + delay, error, unknown=unknown)
+
+    def _put_back(self, row: Outbox, slot: float) -> None:
+        """A post whose slot (unix seconds) is too far off goes back to the database.
+
+        Due whole seconds before the slot (``not_before`` is in seconds and the loop
+        polls each ``poll_interval``), so that it is claimed again, and held, in time
+        for the slot rather than up to two seconds after it. Nothing was sent, so
+        it does not count as an attempt (a second attempt looks for the post in the
+        channel's history first).
+        """
+        due = math.floor(slot - self.poll_interval) - 1
+        self.store.finish_outbox(
+            row.id, self.owner, state=OutboxState.PENDING, error="paced", retry_at=due, tried=False
+        )
+        with self._sending_lock:
+            self._sending.discard(row.id)
 
     def _retry_at(self, row: Outbox, at: int, error: str, *, unknown: bool = False) -> None:
         """Back to the database, due again at unix second ``at``.
@@ -407,7 +434,15 @@ class OutboxWorker:
         with self._watch_lock:
             if self._watchers.pop(room_id, None) is None:
                 return  # another thread reported it
-        cb([r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS])
+        rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
+        self._told.submit(self._tell, cb, rows, room_id)
+
+    @staticmethod
+    def _tell(cb: Callable[[list[Outbox]], None], rows: list[Outbox], room_id: str) -> None:
+        try:
+            cb(rows)
+        except Exception:  # a failed report must not be lost silently
+            log.exception("reporting the invitations of room %s failed", room_id)
 
     def _result(self, kind: str, outcome: str) -> None:
         if self.on_result:
