@@ -9,7 +9,7 @@ import pytest
 
 from bot.sim.ams import ManualClock
 from bot.slack.pacing import CHANNEL_GAP_S, TRUSTED_ROUND_TRIPS, WINDOW_MARGIN_S, Pacer
-from bot.store import Store
+from bot.store import SlackPace, Store
 from tests.conftest import ALICE, TEAM, sender_for, wait_for
 from tests.helpers import settled
 
@@ -201,3 +201,23 @@ def test_replicas_together_stay_under_slack_s_caps(start_bot, postgres_url, slac
     assert delivered() == expected
     posts = slack.calls_to("chat.postMessage")
     assert slack.ratelimited_count == 0, [c.args.get("channel") for c in posts if c.status == 429]
+
+
+def test_a_post_counted_on_time_writes_no_floor(stores: tuple[Store, Store]) -> None:
+    """The floor only moves for a post that was late: an on-time one costs no write."""
+    clock = ManualClock(1_000.0)
+    pacer = Pacer(stores[0], cap=(600, 60), clock=clock)
+    for i in range(7):  # round trips of 50 ms, trusted after five
+        slot, _ = pacer.reserve(TEAM, f"D{i}", horizon=FAR)
+        pacer.posted(slot, slot.start, slot.start + 0.05)
+    slot, _ = pacer.reserve(TEAM, "D9", horizon=FAR)
+    with stores[0].write() as s:
+        before = s.get(SlackPace, f"c:{TEAM}:D9").floor_at
+    pacer.posted(slot, slot.start, slot.start + 0.05)  # counted when it started
+    with stores[0].read() as s:
+        assert s.get(SlackPace, f"c:{TEAM}:D9").floor_at == before
+    pacer.posted(slot, slot.start, slot.start + 0.5)  # late: the floor moves on
+    with stores[0].read() as s:
+        assert s.get(SlackPace, f"c:{TEAM}:D9").floor_at == pytest.approx(
+            slot.start + 0.45 + CHANNEL_GAP_S
+        )

@@ -49,6 +49,9 @@ CHANNEL_GAP_S = 1.01  # Slack: about one message per second per channel
 #: Added to the workspace window: the calls' own jitter must not make Slack count
 #: a post just inside the window of the one N posts earlier.
 WINDOW_MARGIN_S = 0.1
+#: A post counted no later than this after its reserved start moves no floor: the
+#: reservation's own spacing (a gap over Slack's second, the window's margin) covers it.
+ON_TIME_S = 0.01
 #: Round trips seen before the quickest of them is taken off a floor.
 TRUSTED_ROUND_TRIPS = 5
 
@@ -170,6 +173,10 @@ class Pacer:
             self._round_trips += 1
             trusted = self._round_trips > TRUSTED_ROUND_TRIPS
             counted = ended - (self._quickest if trusted else 0.0)
+        if counted - slot.start <= ON_TIME_S:
+            # Counted when it was meant to start: the reservation already keeps the
+            # channel's next post a gap, and the ring's, a window after it.
+            return
         floors = {_channel_key(slot.team, slot.channel): counted + self.gap}
         if slot.ring:
             floors[slot.ring] = counted + self.window + WINDOW_MARGIN_S
