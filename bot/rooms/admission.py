@@ -114,10 +114,6 @@ class OpenLookups:
     ids: list[str]
     asked: list[Future[UserInfo]]
 
-    def answered(self) -> bool:
-        """Every answer is in (from the cache, typically): judging them waits for nothing."""
-        return all(f.done() for f in self.asked)
-
 
 def plain(text: str) -> str:
     """Slack's ``<@U…>`` and ``<#C…>`` as bare ids, for a terminal."""

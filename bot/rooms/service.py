@@ -184,15 +184,8 @@ class Rooms:
             return self._open_room(req)
 
     def _open_room(self, req: OpenRequest) -> Room | None:
-        # Slack says who everyone is while AMS creates the room: a link waits for the
-        # longer of the two calls, not for both. Answers already known (cached)
-        # are judged first, so a refusal then costs AMS nothing.
-        lookups = self.admission.ask_for_open(
-            req.team_id, req.enterprise_id, req.user_id, req.invitees, lookups=self._lookup_pool
-        )
         try:
-            known = self._admitted(lookups) if lookups.answered() else None
-            room = self._create(req, lambda: known or self._admitted(lookups))
+            room = self._create(req)
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
             return None
@@ -204,10 +197,14 @@ class Rooms:
         self.room_changed(room.id)  # the App Homes concerned: after the DMs are on their way
         return room
 
-    def _create(self, req: OpenRequest, people: Callable[[], list[Admitted]]) -> Room:
-        """Write the room, create it on AMS, then (``people()``, judged meanwhile)
-        activate it with everyone's grant; a refused person fails the new room and
-        removes it from AMS again."""
+    def _create(self, req: OpenRequest) -> Room:
+        """Write the room, create it on AMS, then activate it with everyone's grant.
+
+        Slack says who everyone is (``users.info``) while AMS creates the room: a
+        link waits for the longer of the two calls, not for both. A person the
+        admission policy refuses then withdraws the new room from AMS and from
+        here before the requester hears (``_withdraw``).
+        """
         s = self.settings
         duration = req.duration or s.room_ttl
         start = self.now()
@@ -224,6 +221,7 @@ class Rooms:
             attempts=0,
             next_attempt_at=0,
         )
+        lookups: OpenLookups | None = None
         for attempt in range(2):
             room = Room(id=req.room_id or new_room_id(), **fields)
             with self.store.write() as tx:
@@ -247,6 +245,14 @@ class Rooms:
                     room = prior
                 else:
                     tx.add(room)
+            if lookups is None:  # started after the write: its threads do not slow it
+                lookups = self.admission.ask_for_open(
+                    req.team_id,
+                    req.enterprise_id,
+                    req.user_id,
+                    req.invitees,
+                    lookups=self._lookup_pool,
+                )
             try:
                 self.ams.create_room(
                     room.id,
@@ -272,8 +278,9 @@ class Rooms:
                 self.mark_failed(room.id, type(e).__name__)
                 self.cleanup_on_ams(room.id)
                 raise RoomError(f"I couldn't open the room: {e.user_message}") from None
+        assert lookups is not None
         try:
-            admitted = people()
+            admitted = self._admitted(lookups)
         except RoomError:
             self._withdraw(room.id)
             raise
