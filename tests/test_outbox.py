@@ -334,3 +334,66 @@ def test_telling_a_requester_does_not_hold_a_sending_thread(store, slack):
     finally:
         release.set()
         w.stop()
+
+
+def _new_row(channel: str) -> Outbox:
+    return Outbox(
+        team_id="T0001",
+        kind="dm_link",
+        channel=channel,
+        payload="{}",
+        state=OutboxState.PENDING,
+        attempts=0,
+        not_before=0,
+        created_at=now(),
+    )
+
+
+def test_rows_leased_as_they_are_written_go_out_in_order_without_a_claim(store, slack):
+    """A room's invitations are leased to the running worker in the transaction that
+    writes them and handed over at once (``adopt``): the requester's DM first, no
+    claim, and no other worker can take them meanwhile."""
+    from tests.conftest import ALICE, wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    idle = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w7")
+    assert not idle.lease_new([_new_row(BOB)], at=now())  # not running: nobody would send it
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w8")
+    w.start()
+    claims = []
+    real_claim = store.claim_outbox
+    store.claim_outbox = lambda *a, **k: claims.append(rows := real_claim(*a, **k)) or rows
+    try:
+        rows = [_new_row(u) for u in (ALICE, BOB, CAROL)]
+        with store.write() as tx:
+            assert w.lease_new(rows, at=now())
+            tx.add_all(rows)
+        # Leased to w8 in the database: another replica's claim finds nothing.
+        assert real_claim("other", at=now(), lease=30, limit=10) == []
+        w.adopt(rows)
+        wait_for(lambda: all(len(slack.dms_to(u)) == 1 for u in (ALICE, BOB, CAROL)), timeout=10)
+        order = [c.args["channel"] for c in slack.calls_to("chat.postMessage")]
+        assert order == [ALICE, BOB, CAROL]  # one worker: exactly the written order
+        assert all(not batch for batch in claims)  # the loop claimed none of them
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+        assert {(r.attempts, r.lease_owner) for r in _all(store)} == {(1, None)}
+    finally:
+        store.claim_outbox = real_claim
+        w.stop()
+
+
+def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_lease(store, slack):
+    """Should the process die between writing and handing over, the lease runs out and
+    any replica sends the row, as with a claimed row."""
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    dead = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w9")
+    dead._thread = object()  # looks started; it never sends (it "died")
+    row = _new_row(BOB)
+    with store.write() as tx:
+        assert dead.lease_new([row], at=now() - 60)  # written a minute ago
+        tx.add(row)
+    other = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w10")
+    drain(other, store)
+    assert len(slack.dms_to(BOB)) == 1
+    (done,) = _all(store)
+    assert done.state == OutboxState.DONE and done.attempts == 2

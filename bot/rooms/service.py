@@ -185,20 +185,28 @@ class Rooms:
 
     def _open_room(self, req: OpenRequest) -> Room | None:
         try:
-            room = self._create(req)
+            room, owed = self._create(req)
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
             return None
+        if owed:
+            self.outbox.adopt(owed)  # written leased to this process: sent with no claim
+        else:
+            self.outbox.kick()
+        # After the hand-over (its check is a query); it reports rows finished before it.
         self.outbox.watch_room(
             room.id,
             lambda rows: self.replies.fanout_done(room, rows, req.response_url, req.notify),
         )
-        self.outbox.kick()
         self.room_changed(room.id)  # the App Homes concerned: after the DMs are on their way
         return room
 
-    def _create(self, req: OpenRequest) -> Room:
+    def _create(self, req: OpenRequest) -> tuple[Room, list[Outbox]]:
         """Write the room, create it on AMS, then activate it with everyone's grant.
+
+        Returns the room and the invitations it owes that this process's outbox
+        leased as they were written (``OutboxWorker.lease_new``; none when the
+        room was opened by an earlier try, or no outbox runs here).
 
         Slack says who everyone is (``users.info``) while AMS creates the room: a
         link waits for the longer of the two calls, not for both. A person the
@@ -229,7 +237,7 @@ class Rooms:
                 if prior is not None and prior.state != RoomState.CREATING:
                     if prior.state == RoomState.FAILED:
                         raise RoomError(f"Room `{prior.id}` failed to open ({prior.end_reason}).")
-                    return prior  # opened by an earlier try: never a second room
+                    return prior, []  # opened by an earlier try: never a second room
                 if req.schedule_id is None:
                     # Count and insert as one step per person (PostgreSQL: an advisory lock).
                     self.store.lock_person(tx, req.team_id, req.user_id)
@@ -356,7 +364,9 @@ class Rooms:
         with self.store.write() as tx:
             tx.execute(delete(Room).where(Room.id == room_id, Room.state == RoomState.CREATING))
 
-    def _activate(self, room: Room, req: OpenRequest, people: list[Admitted]) -> Room:
+    def _activate(
+        self, room: Room, req: OpenRequest, people: list[Admitted]
+    ) -> tuple[Room, list[Outbox]]:
         version, _ = self.secrets.current()
         t = self.now()
         with self.store.write() as tx:
@@ -374,9 +384,10 @@ class Rooms:
             tx.add_all(grants)
             tx.flush()  # one INSERT for all: the grants' ids, for their DMs' rows
             # The requester's DM first: the outbox sends in this order.
-            for grant in grants:
-                tx.add(self._outbox(row, "dm_link", grant.user_id, grant_id=grant.id))
-            tx.add(self._outbox(row, "room_card", row.channel_id))
+            owed = [self._outbox(row, "dm_link", g.user_id, grant_id=g.id) for g in grants]
+            owed.append(self._outbox(row, "room_card", row.channel_id))
+            leased = self.outbox.lease_new(owed, at=t)
+            tx.add_all(owed)
             self.store.audit(
                 tx,
                 "open",
@@ -389,7 +400,7 @@ class Rooms:
             room = row
         log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
         self.event("created")
-        return room
+        return room, owed if leased else []
 
     def _dm_edit(self, room: Room, grant: Grant, mode: str) -> Outbox:
         """The outbox row that edits ``grant``'s DM in place (``mode``: ended, reissue, kicked)."""

@@ -19,7 +19,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,6 +99,11 @@ class OutboxWorker:
         # Paced posts waiting for their slot, off the worker threads:
         # (due, row id, row, its reserved slot).
         self._held: list[tuple[float, int, Outbox, Slot]] = []
+        # Rows handed over by their writer (adopt) waiting for a free worker, in
+        # order: (row, its reserved (slot, wait) if a new post).
+        self._ready: deque[tuple[Outbox, tuple[Slot | None, float] | None]] = deque()
+        # Renders take turns (see _send).
+        self._render_turn = threading.Lock()
         self._sending: set[int] = set()  # rows whose Slack call began, outcome not recorded
         self._sending_lock = threading.Lock()
         self._held_lock = threading.Lock()
@@ -132,6 +138,45 @@ class OutboxWorker:
 
     def kick(self) -> None:
         """New rows are waiting: look now rather than at the next poll."""
+        self._wake.set()
+
+    def lease_new(self, rows: Sequence[Outbox], *, at: int) -> bool:
+        """Lease rows about to be written to this worker, if it runs; True if it did.
+
+        Called inside the transaction that writes them; once it commits, the
+        writer hands them over with :meth:`adopt`. A room's invitations then
+        start at once, with no claim transaction and no wait for the loop: the
+        requester's DM leaves milliseconds sooner. Should this process die
+        first, the lease runs out and any replica claims them as usual.
+        """
+        if self._thread is None or self._stop.is_set():
+            return False  # nobody here would send them: they wait for a claim
+        for r in rows:
+            r.lease_owner = self.owner
+            r.lease_until = at + self.lease
+            r.attempts = 1  # as a claim counts it
+        return True
+
+    def adopt(self, rows: Sequence[Outbox]) -> None:
+        """Send committed rows :meth:`lease_new` leased to this worker, as if just claimed.
+
+        New posts reserve their slots here, together, in the rows' order; the
+        rows go to free workers in that order, the rest as workers free up.
+        """
+        posts = [r for r in rows if r.kind in NEW_POST_KINDS]
+        try:
+            reserved = dict(zip((r.id for r in posts), self._reserve(posts), strict=True))
+        except Exception:  # each post reserves its own slot when it is sent
+            log.exception("reserving slots for %d new posts failed", len(posts))
+            reserved = {}
+        with self._held_lock:
+            self._ready.extend((r, reserved.get(r.id)) for r in rows)
+        if self._stop.is_set():
+            return  # stopping: stop() hands them back unsent
+        try:
+            self._release_held()
+        except RuntimeError:  # stopped meanwhile (the pool refuses work): likewise
+            return
         self._wake.set()
 
     def watch_room(self, room_id: str, callback: Callable[[list[Outbox]], None]) -> None:
@@ -170,18 +215,24 @@ class OutboxWorker:
         self._wake.set()
 
     def _release_held(self) -> bool:
-        """Hand the held posts whose slot has come to free workers, first in slot order.
+        """Hand adopted rows, then the held posts whose slot has come, to free workers,
+        first in order.
 
         True when one is due but no worker is free (a worker finishing wakes the loop).
         """
         while True:
             with self._held_lock:
-                if not self._held or self._held[0][0] > time.monotonic():
+                if not self._ready and (not self._held or self._held[0][0] > time.monotonic()):
                     return False
                 if not self._slots.acquire(blocking=False):
                     return True
-                _, _, row, slot = heapq.heappop(self._held)
-            self._pool.submit(self._send_and_release, row, slot)
+                if self._ready:
+                    row, reserved = self._ready.popleft()
+                    held = None
+                else:
+                    _, _, row, held = heapq.heappop(self._held)
+                    reserved = None
+            self._pool.submit(self._send_and_release, row, held, reserved)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -269,7 +320,12 @@ class OutboxWorker:
         slot = self._await_slot(row, held, may_hold, reserved) if new_post else None
         if new_post and slot is None:
             return
-        rendered = self.renderer.render(row)
+        # One render at a time: the posts of a batch start together, and rendering
+        # side by side they share the interpreter, each finishing as late as the
+        # last. In turn, the first post (the requester's DM) leaves after one
+        # render, not after all of them.
+        with self._render_turn:
+            rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
