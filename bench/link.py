@@ -1,7 +1,8 @@
 """1. Time to link, alone: from sending ``/meet`` to the requester's DM and to the last invitee's.
 
-40 ``/meet``s, one at a time (c=1: each is sent once the previous one's six
-DMs have landed), each with five invitees and its own channel, against an AMS
+40 ``/meet``s, one at a time (c=1: each is sent once the previous one's work
+is over: its six DMs landed, its requester was told how they went, the
+outbox owes nothing), each with five invitees and its own channel, against an AMS
 double that takes 200 ms per call and a Slack double that takes 50 ms (with
 Slack's caps on: 1 post/s per channel, 600 a minute; nothing here comes near
 them). Every ``/meet`` is six people the bot has never seen, so each one
@@ -115,6 +116,11 @@ def measure(ams: AmsDouble, slack: SlackDouble, n: int, samples: int) -> Outcome
                     f"/meet not acked: {resp.status_code} {resp.text[:200]}",
                 )
                 wait_until(arrived, timeout=30, interval=0.01, what=f"the DMs of {m.topic}")
+                # Alone: the next /meet waits until this one's work is over (the
+                # requester told how the invitations went, nothing owed to Slack),
+                # not only until its DMs landed.
+                slack.wait_for_responses(resp.response_key, 1, timeout=30)
+                settled(url)
             settled(url)
             creates = ams.count("POST", CREATE)
             out.check(creates == n, f"{creates} AMS creates for {n} /meets")
