@@ -65,7 +65,7 @@ class Call:
     path: str
     headers: dict[str, str]
     body: bytes
-    first_done: bool  # the serialisation test's marker, read when the call arrived
+    at: float  # time.monotonic() when it arrived
 
     @property
     def json(self) -> Any:
@@ -87,14 +87,13 @@ class Receiver:
         self.calls: list[Call] = []
         self.status: dict[str, int] = {}
         self.hold: dict[str, threading.Event] = {}
-        self.marker = threading.Event()
         self._cond = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                call = Call(self.path, dict(self.headers), body, receiver.marker.is_set())
+                call = Call(self.path, dict(self.headers), body, time.monotonic())
                 with receiver._cond:
                     receiver.calls.append(call)
                     receiver._cond.notify_all()
@@ -649,12 +648,14 @@ def test_publish_checks_are_serialised_per_app_and_time_out_after_5_s(
     other = threading.Thread(target=lambda: second.append(ams.check_join("s", token("s"))))
     other.start()
     slow.join(10)
-    receiver.marker.set()  # the first check has returned
     other.join(10)
     assert first == [(False, "authorization webhook unreachable: ReadTimeout")]
     assert second == [(True, "ok")]
     calls = receiver.to("/auth")
-    assert len(calls) == 2 and calls[1].first_done  # the second waited for the first
+    # The second was sent only once the first had timed out, 5 s after it was sent
+    # (unserialised, it would arrive at once). Arrival times, not a marker set after
+    # the first thread returned: the double may send the second before that.
+    assert len(calls) == 2 and calls[1].at - calls[0].at >= 4.5
 
 
 def test_reconnect_reruns_both_checks_with_the_same_token(
