@@ -661,6 +661,21 @@ class Store:
                 r.attempts += 1
             return rows
 
+    def renew_outbox_lease(self, row_id: int, owner: str, *, was: int | None, until: int) -> bool:
+        """Extend ``owner``'s lease on a row to ``until`` if it still holds the lease it
+        had (``was``); False when the lease ran out and the row was claimed again
+        meanwhile (by another replica, or by this process's own loop).
+        """
+        with self.write() as s:
+            return bool(
+                s.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row_id, Outbox.state == OutboxState.PENDING)
+                    .where(Outbox.lease_owner == owner, Outbox.lease_until == was)
+                    .values(lease_until=until)
+                ).rowcount
+            )
+
     def release_outbox(self, owner: str, *, unsure: Sequence[int] = ()) -> int:
         """Give back every pending row ``owner`` holds (a clean shutdown).
 
@@ -730,16 +745,21 @@ class Store:
         retry_at: int | None = None,
         settled: int | None = None,
         tried: bool = True,
+        lease: int | None = None,
     ) -> bool:
         """Record how a send ended; False when our lease was lost meanwhile.
 
         ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
         ``tried=False``: the claim sent nothing (a post put off until its paced
-        slot), so it is not counted as an attempt.
+        slot), so it is not counted as an attempt. ``lease``: the lease the send
+        held (``lease_until``); a row claimed again since, even by the same owner,
+        is then not this send's to record.
         """
         with self.write() as s:
             row = s.get(Outbox, row_id)
             if row is None or row.lease_owner != owner:
+                return False
+            if lease is not None and row.lease_until != lease:
                 return False
             row.lease_owner = None
             row.lease_until = None

@@ -397,3 +397,46 @@ def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_
     assert len(slack.dms_to(BOB)) == 1
     (done,) = _all(store)
     assert done.state == OutboxState.DONE and done.attempts == 2
+
+
+def test_a_copy_that_outwaited_its_lease_is_not_sent_again_once_claimed_anew(store, slack):
+    """On a starved process a row can wait in memory (for a worker, for its slot)
+    longer than its lease; the loop then claims it again and sends it from that
+    claim. The copy that waited must not post it a second time (seen in the burst
+    under a profiler: two cards posted twice) nor touch what the claim recorded."""
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w11")
+    add_row(store, BOB)
+    (stale,) = store.claim_outbox("w11", at=now() - 60, lease=30, limit=1)  # ran out 30 s ago
+    (fresh,) = store.claim_outbox("w11", at=now(), lease=30, limit=1)  # the loop, same owner
+    w.send(fresh)
+    w.send(stale)
+    assert len(slack.dms_to(BOB)) == 1
+    (row,) = _all(store)
+    assert (row.state, row.attempts) == (OutboxState.DONE, 2)
+    assert row.result_ts == slack.dms_to(BOB)[0]["ts"]
+
+
+def test_a_copy_whose_lease_runs_short_renews_it_and_is_sent(store, slack):
+    """A copy with less lease left than a send may take, which nobody claimed since,
+    keeps the row: it renews the lease (no other claim can take it mid-send) and sends."""
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w12")
+    add_row(store, CAROL)
+    (row,) = store.claim_outbox("w12", at=now() - 25, lease=30, limit=1)  # 5 s left
+    claims: list[list[Outbox]] = []
+    real_render = Card.render
+
+    class ClaimingCard(Card):
+        def render(self, r: Outbox) -> Rendered:
+            # Another replica's claim, as if ten seconds later, mid-send (Slack slow):
+            # the old lease would have run out by then.
+            claims.append(store.claim_outbox("other", at=now() + 10, lease=30, limit=1))
+            return real_render(self, r)
+
+    w.renderer = ClaimingCard()
+    w.send(row)
+    assert claims == [[]]  # the renewed lease kept the row from the other replica
+    assert len(slack.dms_to(CAROL)) == 1
+    (done,) = _all(store)
+    assert (done.state, done.attempts, done.lease_owner) == (OutboxState.DONE, 1, None)

@@ -320,6 +320,11 @@ class OutboxWorker:
         slot = self._await_slot(row, held, may_hold, reserved) if new_post else None
         if new_post and slot is None:
             return
+        if not self._still_ours(row):
+            if slot is not None:  # its reserved start goes unused: give it back
+                t = self.pacer.clock()
+                self.pacer.posted(slot, t, t, counted=False)
+            return
         # One render at a time: the posts of a batch start together, and rendering
         # side by side they share the interpreter, each finishing as late as the
         # last. In turn, the first post (the requester's DM) leaves after one
@@ -414,6 +419,26 @@ class OutboxWorker:
             time.sleep(wait)
         return slot
 
+    def _still_ours(self, row: Outbox) -> bool:
+        """Whether this copy of a row may be sent: its lease must outlast a send.
+
+        A row waits in memory (for a free worker, for its paced slot) while its
+        lease runs; a starved process can outwait the lease, and then the row is
+        claimed again (by another replica, or by this process's own loop) and
+        goes out from that claim. Sending this copy as well would post twice. So
+        a copy with less lease left than a send may take renews it, if nobody
+        claimed the row since, or gives the row up to that claim.
+        """
+        at = now()
+        if (row.lease_until or 0) - at >= SEND_BUDGET_S:
+            return True
+        until = at + max(self.lease, SEND_BUDGET_S)
+        if self.store.renew_outbox_lease(row.id, self.owner, was=row.lease_until, until=until):
+            row.lease_until = until
+            return True
+        log.info("outbox row %s outwaited its lease and was claimed again: not sent here", row.id)
+        return False
+
     def _failed(self, row: Outbox, e: SlackSendError, *, posted: bool = True) -> None:
         """``posted``: the failed call was the post itself (not the history check), so
         an unknown outcome leaves this attempt unsettled."""
@@ -450,7 +475,13 @@ class OutboxWorker:
         """
         due = math.floor(slot - self.poll_interval) - 1
         self.store.finish_outbox(
-            row.id, self.owner, state=OutboxState.PENDING, error="paced", retry_at=due, tried=False
+            row.id,
+            self.owner,
+            state=OutboxState.PENDING,
+            error="paced",
+            retry_at=due,
+            tried=False,
+            lease=row.lease_until,
         )
         with self._sending_lock:
             self._sending.discard(row.id)
@@ -469,12 +500,13 @@ class OutboxWorker:
             error=error,
             retry_at=at,
             settled=settled,
+            lease=row.lease_until,
         )
         with self._sending_lock:
             self._sending.discard(row.id)
 
     def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
-        self.store.finish_outbox(row.id, self.owner, state=state, **kw)
+        self.store.finish_outbox(row.id, self.owner, state=state, lease=row.lease_until, **kw)
         with self._sending_lock:
             self._sending.discard(row.id)
         if row.room_id:
