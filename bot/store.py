@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
@@ -755,46 +756,68 @@ class Store:
         held (``lease_until``); a row claimed again since, even by the same owner,
         is then not this send's to record.
         """
+        values: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_until": None,
+            "error": error[:200] if error else None,
+        }
+        if settled is not None:
+            values["settled_attempts"] = settled
+        if not tried:
+            values["attempts"] = case((Outbox.attempts > 0, Outbox.attempts - 1), else_=0)
+        if retry_at is not None:
+            values["not_before"] = retry_at
+        else:
+            values.update(state=state, result_channel=channel, result_ts=ts, done_at=now())
+        mine = [Outbox.id == row_id, Outbox.lease_owner == owner]
+        if lease is not None:
+            mine.append(Outbox.lease_until == lease)
+        # Plain statements on the session's connection, not the ORM's load-then-flush
+        # or its bulk-update machinery: this runs once per message sent.
         with self.write() as s:
-            row = s.get(Outbox, row_id)
-            if row is None or row.lease_owner != owner:
+            c = s.connection()
+            row = c.execute(
+                update(Outbox)
+                .where(*mine)
+                .values(**values)
+                .returning(
+                    Outbox.kind,
+                    Outbox.room_id,
+                    Outbox.grant_id,
+                    Outbox.team_id,
+                    Outbox.enterprise_id,
+                    Outbox.channel,
+                )
+            ).first()
+            if row is None:
                 return False
-            if lease is not None and row.lease_until != lease:
-                return False
-            row.lease_owner = None
-            row.lease_until = None
-            row.error = error[:200] if error else None
-            if settled is not None:
-                row.settled_attempts = settled
-            if not tried:
-                row.attempts = max(0, row.attempts - 1)
-            if retry_at is not None:
-                row.not_before = retry_at
+            if retry_at is not None or state != OutboxState.DONE:
                 return True
-            row.state = state
-            row.result_channel = channel
-            row.result_ts = ts
-            row.done_at = now()
             # Remember where the message landed, in the same transaction, so a
             # later edit (room ended, link re-issued) can find it.
-            if state == OutboxState.DONE and row.kind == "dm_link" and row.grant_id is not None:
-                s.execute(
+            if row.kind == "dm_link" and row.grant_id is not None:
+                c.execute(
                     update(Grant)
                     .where(Grant.id == row.grant_id)
                     .values(dm_channel=channel, dm_ts=ts)
                 )
                 self._edit_if_ended(s, row, "dm_update", channel or row.channel)
-            elif state == OutboxState.DONE and row.kind == "room_card" and row.room_id:
-                s.execute(update(Room).where(Room.id == row.room_id).values(channel_ts=ts))
+            elif row.kind == "room_card" and row.room_id:
+                c.execute(update(Room).where(Room.id == row.room_id).values(channel_ts=ts))
                 self._edit_if_ended(s, row, "card_update", row.channel)
             return True
 
     @staticmethod
-    def _edit_if_ended(s: Session, row: Outbox, kind: str, channel: str) -> None:
+    def _edit_if_ended(s: Session, row: Any, kind: str, channel: str) -> None:
         """A message that landed just as its room ended missed the revoke's edits
-        (its ts was not known yet): owe it the "ended" edit now."""
-        room = s.get(Room, row.room_id) if row.room_id else None
-        if room is None or room.state != RoomState.REVOKED:
+        (its ts was not known yet): owe it the "ended" edit now.
+
+        ``row``: the sent row's ``kind``, ``room_id``, ``grant_id``, ``team_id``,
+        ``enterprise_id`` and ``channel``."""
+        if not row.room_id:
+            return
+        state = s.connection().scalar(select(Room.state).where(Room.id == row.room_id))
+        if state != RoomState.REVOKED:
             return
         s.add(
             Outbox(
