@@ -218,10 +218,11 @@ class Pacer:
     def _give_back(self, slot: Slot) -> None:
         """Take a refused post out of the ring of the last N starts.
 
-        The next post replaces the oldest start (slot ``seq mod N``) and waits a
-        window after it; with one post of the window refused, Slack lets it go at
-        once. So the oldest start moves into the refused post's slot and the
-        oldest's slot is left empty: the next post (the retry, typically) is not
+        The first post the cap will hold waits a window after the start on its
+        ring place (``_next_held_place``: place ``seq mod N`` once the ring has
+        gone round, place 0 before); with one post of the window refused, Slack
+        lets it go at once. So that start moves into the refused post's place
+        and its own place is left empty: that post (the retry, typically) is not
         held, and each later one is held by a start no earlier than Slack's
         window holds (never too early). Without this the retry waited a whole
         window at a busy workspace's cap: one 429 in a burst of 600 posts made its
@@ -230,7 +231,7 @@ class Pacer:
         ws = _workspace_key(slot.team)
         with self.store.write() as s:
             w = self._locked(s, ws)[ws]
-            oldest_key = f"{ws}:{w.seq % self.posts}"
+            oldest_key = self._next_held_place(s, ws, w.seq) or slot.ring
             keys = sorted({slot.ring, oldest_key})
             rows = {
                 r.key: r
@@ -249,6 +250,26 @@ class Pacer:
                 oldest.next_at = oldest.floor_at = 0.0
             else:
                 mine.next_at = mine.floor_at = 0.0
+
+    def _next_held_place(self, s: Session, ws: str, seq: int) -> str | None:
+        """The ring place the next posts will first wait on: the first place at or
+        after ``seq mod N``, round the ring, that holds a start (None: none does).
+
+        In a ring that has gone round, that is ``seq mod N`` itself, the oldest
+        start. In a new one (fewer than N posts so far) the places from ``seq``
+        on are empty and it is place 0, the one the N-th post takes. Read under
+        the workspace's lock, which every change of a place's start holds.
+        """
+        keys = s.scalars(
+            select(SlackPace.key).where(
+                SlackPace.key.startswith(f"{ws}:", autoescape=True), SlackPace.next_at > 0
+            )
+        )
+        taken = sorted(i for i in (int(k.rsplit(":", 1)[1]) for k in keys) if i < self.posts)
+        if not taken:
+            return None
+        here = seq % self.posts
+        return f"{ws}:{next((i for i in taken if i >= here), taken[0])}"
 
     def _locked(self, s: Session, *keys: str) -> dict[str, SlackPace]:
         """The rows of ``keys``, locked (made first if missing: replicas race to)."""
