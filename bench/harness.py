@@ -268,7 +268,13 @@ atexit.register(cleanup)
 
 
 def start_watchdog(seconds: float) -> None:
-    """Hard stop: past ``seconds`` the run is torn down and exits with code 3."""
+    """Hard stop: past ``seconds`` the run is torn down and exits with code 3.
+
+    A SIGTERM (``pkill``, a CI timeout) tears it down too: by default it would end
+    this process without the ``atexit`` cleanup and leave its ``meetbot serve``
+    children running, spending the CPU of whatever is measured next.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     def fire() -> None:
         print(f"bench: still running after {seconds:.0f}s; stopping.", file=sys.stderr, flush=True)
