@@ -440,3 +440,30 @@ def test_a_copy_whose_lease_runs_short_renews_it_and_is_sent(store, slack):
     assert len(slack.dms_to(CAROL)) == 1
     (done,) = _all(store)
     assert (done.state, done.attempts, done.lease_owner) == (OutboxState.DONE, 1, None)
+
+
+def test_a_dm_that_looks_in_history_first_keeps_its_lease_for_both_calls(store, slack):
+    """A DM whose earlier attempt may have posted looks in the channel before it
+    posts: two Slack calls, each up to the client's timeout. Its lease must cover
+    both, or another claim could send it while the post is still under way."""
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w14")
+    add_row(store, BOB)
+    store.claim_outbox("dead", at=now() - 60, lease=30, limit=1)  # outcome never known
+    (row,) = store.claim_outbox("w14", at=now() - 10, lease=30, limit=1)  # 20 s left
+    assert row.attempts == 2
+    claims: list[list[Outbox]] = []
+    real_render = Card.render
+
+    class ClaimingCard(Card):
+        def render(self, r: Outbox) -> Rendered:
+            # Another replica's claim 21 s on: after a history read and a post
+            # that each took nearly the whole timeout.
+            claims.append(store.claim_outbox("other", at=now() + 21, lease=30, limit=1))
+            return real_render(self, r)
+
+    w.renderer = ClaimingCard()
+    w.send(row)
+    assert claims == [[]]
+    assert len(slack.dms_to(BOB)) == 1
+    assert len(slack.calls_to("conversations.history")) == 1

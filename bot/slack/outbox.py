@@ -56,6 +56,12 @@ class Renderer(Protocol):
     def render(self, row: Outbox) -> Rendered | None: ...
 
 
+def _looks_first(row: Outbox) -> bool:
+    """Whether sending ``row`` starts with a look at its channel's history: a DM
+    with an earlier attempt whose outcome is unknown (it may have posted)."""
+    return row.kind == "dm_link" and row.attempts - 1 > (row.settled_attempts or 0)
+
+
 def worker_id() -> str:
     """Who holds a lease: the host (for people reading the table) and a random part.
 
@@ -334,7 +340,7 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        if row.kind == "dm_link" and row.attempts - 1 > (row.settled_attempts or 0):
+        if _looks_first(row):
             # An earlier attempt's outcome is unknown (a timeout, a dropped
             # connection, a process that died between its claim and Slack's
             # answer): it may have posted. Look before sending again. Never after
@@ -430,9 +436,12 @@ class OutboxWorker:
         claimed the row since, or gives the row up to that claim.
         """
         at = now()
-        if (row.lease_until or 0) - at >= SEND_BUDGET_S:
+        # A DM whose earlier attempt may have posted looks in the channel first:
+        # one more Slack call before the post.
+        budget = SEND_BUDGET_S + (SLACK_TIMEOUT_S if _looks_first(row) else 0)
+        if (row.lease_until or 0) - at >= budget:
             return True
-        until = at + max(self.lease, SEND_BUDGET_S)
+        until = at + max(self.lease, budget)
         if self.store.renew_outbox_lease(row.id, self.owner, was=row.lease_until, until=until):
             row.lease_until = until
             return True
