@@ -399,6 +399,21 @@ def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_
     assert done.state == OutboxState.DONE and done.attempts == 2
 
 
+class ClaimingCard(Card):
+    """Renders like Card, but first lets another replica try to claim the row as if
+    ``later`` seconds had passed (mid-send); what each claim took is in ``claims``."""
+
+    def __init__(self, store: Store, *, later: int) -> None:
+        self.store, self.later = store, later
+        self.claims: list[list[Outbox]] = []
+
+    def render(self, row: Outbox) -> Rendered:
+        self.claims.append(
+            self.store.claim_outbox("other", at=now() + self.later, lease=30, limit=1)
+        )
+        return super().render(row)
+
+
 def test_a_copy_that_outwaited_its_lease_is_not_sent_again_once_claimed_anew(store, slack):
     """On a starved process a row can wait in memory (for a worker, for its slot)
     longer than its lease; the loop then claims it again and sends it from that
@@ -424,19 +439,11 @@ def test_a_copy_whose_lease_runs_short_renews_it_and_is_sent(store, slack):
     w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w12")
     add_row(store, CAROL)
     (row,) = store.claim_outbox("w12", at=now() - 25, lease=30, limit=1)  # 5 s left
-    claims: list[list[Outbox]] = []
-    real_render = Card.render
-
-    class ClaimingCard(Card):
-        def render(self, r: Outbox) -> Rendered:
-            # Another replica's claim, as if ten seconds later, mid-send (Slack slow):
-            # the old lease would have run out by then.
-            claims.append(store.claim_outbox("other", at=now() + 10, lease=30, limit=1))
-            return real_render(self, r)
-
-    w.renderer = ClaimingCard()
+    # Another replica's claim, as if ten seconds later, mid-send (Slack slow):
+    # the old lease would have run out by then.
+    w.renderer = card = ClaimingCard(store, later=10)
     w.send(row)
-    assert claims == [[]]  # the renewed lease kept the row from the other replica
+    assert card.claims == [[]]  # the renewed lease kept the row from the other replica
     assert len(slack.dms_to(CAROL)) == 1
     (done,) = _all(store)
     assert (done.state, done.attempts, done.lease_owner) == (OutboxState.DONE, 1, None)
@@ -452,18 +459,10 @@ def test_a_dm_that_looks_in_history_first_keeps_its_lease_for_both_calls(store, 
     store.claim_outbox("dead", at=now() - 60, lease=30, limit=1)  # outcome never known
     (row,) = store.claim_outbox("w14", at=now() - 10, lease=30, limit=1)  # 20 s left
     assert row.attempts == 2
-    claims: list[list[Outbox]] = []
-    real_render = Card.render
-
-    class ClaimingCard(Card):
-        def render(self, r: Outbox) -> Rendered:
-            # Another replica's claim 21 s on: after a history read and a post
-            # that each took nearly the whole timeout.
-            claims.append(store.claim_outbox("other", at=now() + 21, lease=30, limit=1))
-            return real_render(self, r)
-
-    w.renderer = ClaimingCard()
+    # Another replica's claim 21 s on: after a history read and a post that each
+    # took nearly the whole timeout.
+    w.renderer = card = ClaimingCard(store, later=21)
     w.send(row)
-    assert claims == [[]]
+    assert card.claims == [[]]
     assert len(slack.dms_to(BOB)) == 1
     assert len(slack.calls_to("conversations.history")) == 1
