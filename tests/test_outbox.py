@@ -466,3 +466,37 @@ def test_a_dm_that_looks_in_history_first_keeps_its_lease_for_both_calls(store, 
     assert card.claims == [[]]
     assert len(slack.dms_to(BOB)) == 1
     assert len(slack.calls_to("conversations.history")) == 1
+
+
+def test_a_post_that_starts_late_is_not_caught_up_by_the_next_one_to_its_channel(store, slack):
+    """Posts start late when the interpreter is busy or Slack answers slowly. The
+    channel's next post must then wait for it and keep Slack's second after it,
+    not go at its own slot: two posts inside a second draw a 429, and a 429 pauses
+    every post to the workspace (the burst's 429s, seen 0.002 s apart)."""
+    from tests.conftest import wait_for
+
+    slack.per_channel_rate = 1.0
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=2, owner="w15", lease=30
+    )
+    slow = slack.hold("chat.postMessage", channel=BOB)  # Slack answers the first one late
+    w.start()
+    try:
+        add_row(store, BOB)
+        add_row(store, BOB)
+        w.kick()
+        assert slow.arrived.wait(10)
+        # The second post's slot (a second after the first's start) comes and goes
+        # while the first is still with Slack.
+        first_arrived = slack.clock()
+        wait_for(lambda: slack.clock() > first_arrived + 1.5, timeout=5)
+        slow.release()
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
+    finally:
+        w.stop()
+    assert slack.ratelimited_count == 0
+    counted = sorted(
+        c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == BOB
+    )
+    assert counted[1] - counted[0] >= 1.0

@@ -365,20 +365,21 @@ class OutboxWorker:
                 )
             else:
                 assert slot is not None
-                started = self.pacer.clock()  # the pacer's own time base
-                try:
-                    channel, ts = self.slack.post(
-                        row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
-                    )
-                except SlackSendError as e:  # a 429 was refused, not counted, by Slack
-                    self.pacer.posted(
-                        slot, started, self.pacer.clock(), counted=e.retry_after is None
-                    )
-                    raise
-                except BaseException:  # whatever happened, Slack may have counted it
+                with self.pacer.turn(slot):  # after this process's last post there, if late
+                    started = self.pacer.clock()  # the pacer's own time base
+                    try:
+                        channel, ts = self.slack.post(
+                            row.channel, rendered.text, rendered.blocks, metadata=rendered.metadata
+                        )
+                    except SlackSendError as e:  # a 429 was refused, not counted, by Slack
+                        self.pacer.posted(
+                            slot, started, self.pacer.clock(), counted=e.retry_after is None
+                        )
+                        raise
+                    except BaseException:  # whatever happened, Slack may have counted it
+                        self.pacer.posted(slot, started, self.pacer.clock())
+                        raise
                     self.pacer.posted(slot, started, self.pacer.clock())
-                    raise
-                self.pacer.posted(slot, started, self.pacer.clock())
         except SlackSendError as e:
             self._failed(row, e)
             return

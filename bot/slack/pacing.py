@@ -28,13 +28,22 @@ after a normal call, later after a slow one. Until a few round trips were seen
 the quickest is not trusted (a process's first calls are its slowest) and
 nothing is taken off. A post that waited for its slot in memory checks both
 floors again just before it starts.
+
+A reservation spaces the *starts*; a post can still start late (the interpreter
+was busy, Slack answered the post before it slowly) and meet the next post to
+its channel at Slack, which answers 429 and so pauses the whole workspace. So
+each process also keeps, in memory, its own posts' turns per channel
+(:meth:`Pacer.turn`): a post starts only once this process's previous post to
+the channel has ended and a gap has passed since Slack counted it. Lateness then
+delays the posts behind it instead of costing a 429.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -54,6 +63,11 @@ WINDOW_MARGIN_S = 0.1
 ON_TIME_S = 0.01
 #: Round trips seen before the quickest of them is taken off a floor.
 TRUSTED_ROUND_TRIPS = 5
+#: The longest a post waits for its turn behind this process's post to the same
+#: channel (more than a Slack call's timeout): past it, it goes anyway.
+MAX_TURN_WAIT_S = 30.0
+#: Channels whose next turn is remembered before the past ones are forgotten.
+TURNS_KEPT = 1024
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,11 @@ class Pacer:
         self._round_trips = 0
         self._known: set[str] = set()  # keys whose rows exist (no row is ever deleted)
         self._lock = threading.Lock()
+        # This process's posts per channel key (see turn()): those under way, and
+        # the earliest start of the next one.
+        self._turns = threading.Condition()
+        self._under_way: set[str] = set()
+        self._next_turn: dict[str, float] = {}
 
     def reserve(self, team: str, channel: str, *, horizon: float) -> tuple[Slot | None, float]:
         """Reserve the earliest start allowed for a post to ``channel``.
@@ -179,6 +198,39 @@ class Pacer:
             floor = max(floors, default=0.0)
         return max(0.0, floor - self.clock())
 
+    @contextmanager
+    def turn(self, slot: Slot) -> Iterator[None]:
+        """Hold ``slot``'s channel for one post by this process, waiting for it first.
+
+        A post waits until this process's previous post to the channel has ended
+        and ``gap`` has passed since Slack counted it (see :meth:`posted`). On
+        time that wait is nil: the reservation already put the slot a gap after
+        the previous one. A post that started late is what it waits for, for at
+        most ``MAX_TURN_WAIT_S``. In memory only: posts from other replicas are
+        spaced by the reservations and the floors in the database.
+        """
+        key = _channel_key(slot.team, slot.channel)
+        deadline = time.monotonic() + MAX_TURN_WAIT_S
+        with self._turns:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if key in self._under_way:
+                    self._turns.wait(left)
+                    continue
+                wait = self._next_turn.get(key, 0.0) - self.clock()
+                if wait <= 0:
+                    break
+                self._turns.wait(min(wait, left))
+            self._under_way.add(key)
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._under_way.discard(key)
+                self._turns.notify_all()
+
     def posted(self, slot: Slot, started: float, ended: float, *, counted: bool = True) -> None:
         """A post to ``slot``'s channel ran from ``started`` to ``ended`` (this clock).
 
@@ -199,7 +251,11 @@ class Pacer:
             self._round_trips += 1
             trusted = self._round_trips > TRUSTED_ROUND_TRIPS
             counted = ended - (self._quickest if trusted else 0.0)
-        if counted - slot.start <= ON_TIME_S:
+        on_time = counted - slot.start <= ON_TIME_S
+        self._set_next_turn(
+            _channel_key(slot.team, slot.channel), (slot.start if on_time else counted) + self.gap
+        )
+        if on_time:
             # Counted when it was meant to start: the reservation already keeps the
             # channel's next post a gap, and the ring's, a window after it.
             return
@@ -212,9 +268,19 @@ class Pacer:
         """Slack answered 429 with Retry-After ``seconds``: nothing to this channel, and
         nothing to the workspace, starts before then (the 429 does not say which cap)."""
         until = self.clock() + seconds
+        self._set_next_turn(_channel_key(team, channel), until)
         self._raise_floors({_channel_key(team, channel): until, _workspace_key(team): until})
 
     # -- helpers ---------------------------------------------------------------------
+    def _set_next_turn(self, key: str, at: float) -> None:
+        """This process's next post to ``key``'s channel starts no earlier than ``at``."""
+        with self._turns:
+            if len(self._next_turn) >= TURNS_KEPT:  # forget the turns that have passed
+                now = self.clock()
+                self._next_turn = {k: t for k, t in self._next_turn.items() if t > now}
+            self._next_turn[key] = max(at, self._next_turn.get(key, 0.0))
+            self._turns.notify_all()
+
     def _give_back(self, slot: Slot) -> None:
         """Take a refused post out of the ring of the last N starts.
 
