@@ -19,7 +19,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -747,6 +747,7 @@ class Store:
         settled: int | None = None,
         tried: bool = True,
         lease: int | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> bool:
         """Record how a send ended; False when our lease was lost meanwhile.
 
@@ -754,7 +755,9 @@ class Store:
         ``tried=False``: the claim sent nothing (a post put off until its paced
         slot), so it is not counted as an attempt. ``lease``: the lease the send
         held (``lease_until``); a row claimed again since, even by the same owner,
-        is then not this send's to record.
+        is then not this send's to record. ``also(session)`` runs first in the same
+        transaction, whatever the row's fate (the Slack pacing floors the post moved:
+        the post happened either way).
         """
         values: dict[str, Any] = {
             "lease_owner": None,
@@ -775,6 +778,8 @@ class Store:
         # Plain statements on the session's connection, not the ORM's load-then-flush
         # or its bulk-update machinery: this runs once per message sent.
         with self.write() as s:
+            if also is not None:
+                also(s)
             c = s.connection()
             row = c.execute(
                 update(Outbox)

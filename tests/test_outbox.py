@@ -500,3 +500,42 @@ def test_a_post_that_starts_late_is_not_caught_up_by_the_next_one_to_its_channel
         c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == BOB
     )
     assert counted[1] - counted[0] >= 1.0
+
+
+def test_a_late_post_records_itself_and_its_channel_s_floor_in_one_transaction(store, slack):
+    """Every post ends in a write: its outcome, and when it started late, the pacing
+    floors it moves for every replica. On SQLite writes take turns, and in a burst
+    the writer's lock is busy most of the time: those are one transaction, not two."""
+    from sqlalchemy import event
+
+    from bot.sim.ams import ManualClock
+    from bot.slack.pacing import CHANNEL_GAP_S
+
+    clock = ManualClock(now())
+
+    class LateCard(Card):  # the interpreter was busy: the post starts half a second late
+        def render(self, row: Outbox) -> Rendered:
+            clock.advance(0.5)
+            return super().render(row)
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    pacer = Pacer(store, cap=CAP, clock=clock)
+    w = OutboxWorker(store, gateway, LateCard(), pacer, workers=1, owner="w16", lease=30)
+    add_row(store, BOB)
+    (row,) = store.claim_outbox("w16", at=now(), lease=30, limit=1)
+    writes: list[bool] = []
+
+    def on_begin(conn) -> None:
+        if conn.get_execution_options().get("meetbot_write"):
+            writes.append(True)
+
+    event.listen(store.engine, "begin", on_begin)
+    try:
+        w.send(row)
+    finally:
+        event.remove(store.engine, "begin", on_begin)
+    assert len(slack.dms_to(BOB)) == 1
+    assert len(writes) == 2  # the post's slot, then its outcome with the floors it moved
+    # Another replica's next post to BOB keeps Slack's second after this one's count.
+    slot, _ = Pacer(store, cap=CAP, clock=clock).reserve("T0001", BOB, horizon=10)
+    assert slot is not None and slot.start >= clock() + CHANNEL_GAP_S - 0.001

@@ -11,6 +11,7 @@ next sends the row. Retries happen here, never in the HTTP client, because
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -379,11 +380,17 @@ class OutboxWorker:
                     except BaseException:  # whatever happened, Slack may have counted it
                         self.pacer.posted(slot, started, self.pacer.clock())
                         raise
-                    self.pacer.posted(slot, started, self.pacer.clock())
+                    floors = self.pacer.ended(slot, started, self.pacer.clock())
         except SlackSendError as e:
             self._failed(row, e)
             return
-        self._finish(row, OutboxState.DONE, channel=channel, ts=ts)
+        self._finish(
+            row,
+            OutboxState.DONE,
+            channel=channel,
+            ts=ts,
+            also=functools.partial(self.pacer.raise_floors, floors) if floors else None,
+        )
         self._result(row.kind, "sent")
 
     def _await_slot(

@@ -245,6 +245,13 @@ class Pacer:
             if slot.ring:
                 self._give_back(slot)
             return
+        self.raise_floors(self.ended(slot, started, ended))
+
+    def ended(self, slot: Slot, started: float, ended: float) -> dict[str, float]:
+        """:meth:`posted` for a post Slack counted, but the floors it moves are returned
+        (empty when it was on time) for :meth:`raise_floors` to write, in the
+        transaction that records the post: one transaction per post, not two, on
+        a database every replica writes to once per post."""
         with self._lock:
             took = ended - started
             self._quickest = took if self._quickest is None else min(self._quickest, took)
@@ -258,18 +265,18 @@ class Pacer:
         if on_time:
             # Counted when it was meant to start: the reservation already keeps the
             # channel's next post a gap, and the ring's, a window after it.
-            return
+            return {}
         floors = {_channel_key(slot.team, slot.channel): counted + self.gap}
         if slot.ring:
             floors[slot.ring] = counted + self.window + WINDOW_MARGIN_S
-        self._raise_floors(floors)
+        return floors
 
     def pause(self, team: str, channel: str, seconds: float) -> None:
         """Slack answered 429 with Retry-After ``seconds``: nothing to this channel, and
         nothing to the workspace, starts before then (the 429 does not say which cap)."""
         until = self.clock() + seconds
         self._set_next_turn(_channel_key(team, channel), until)
-        self._raise_floors({_channel_key(team, channel): until, _workspace_key(team): until})
+        self.raise_floors({_channel_key(team, channel): until, _workspace_key(team): until})
 
     # -- helpers ---------------------------------------------------------------------
     def _set_next_turn(self, key: str, at: float) -> None:
@@ -371,16 +378,24 @@ class Pacer:
                 )
             )
 
-    def _raise_floors(self, floors: dict[str, float]) -> None:
-        """Raise each key's ``floor_at`` to at least its value, in one transaction."""
-        with self.store.write() as s:
-            self._ensure(s, *floors)
-            for key, floor in sorted(floors.items()):  # one lock order for every replica
-                s.execute(
-                    update(SlackPace)
-                    .where(SlackPace.key == key, SlackPace.floor_at < floor)
-                    .values(floor_at=floor)
-                )
+    def raise_floors(self, floors: dict[str, float], s: Session | None = None) -> None:
+        """Raise each key's ``floor_at`` to at least its value, in one transaction:
+        ``s``, or one of its own."""
+        if not floors:
+            return
+        if s is None:
+            with self.store.write() as tx:
+                self.raise_floors(floors, tx)
+            return
+        self._ensure(s, *floors)
+        for key, floor in sorted(floors.items()):  # one lock order for every replica
+            s.execute(
+                update(SlackPace)
+                .where(SlackPace.key == key, SlackPace.floor_at < floor)
+                .values(floor_at=floor)
+            )
+        # Once committed; should ``s`` roll back, a key taken for made is made again
+        # when found missing (``_locked``).
         self._known.update(floors)
 
 
