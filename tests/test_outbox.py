@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker, Rendered
 from bot.slack.pacing import Pacer
-from bot.store import Outbox, OutboxState, Store, now
+from bot.store import Outbox, OutboxState, SlackPace, Store, now
 from tests.conftest import BOB, BOT_TOKEN, CAROL
 
 CAP = (600, 60)  # Slack's workspace cap, far above what these tests send
@@ -366,11 +367,16 @@ def test_rows_leased_as_they_are_written_go_out_in_order_without_a_claim(store, 
     try:
         rows = [_new_row(u) for u in (ALICE, BOB, CAROL)]
         with store.write() as tx:
-            assert w.lease_new(rows, at=now())
+            handover = w.lease_new(rows, at=now(), tx=tx)
             tx.add_all(rows)
+        assert handover is not None
         # Leased to w8 in the database: another replica's claim finds nothing.
         assert real_claim("other", at=now(), lease=30, limit=10) == []
-        w.adopt(rows)
+        # Their slots were reserved as they were written: nothing more to write first.
+        with store.read() as s:
+            reserved = s.scalars(select(SlackPace.key).where(SlackPace.next_at > 0)).all()
+        assert {f"c:T0001:{u}" for u in (ALICE, BOB, CAROL)} <= set(reserved)
+        w.adopt(handover)
         wait_for(lambda: all(len(slack.dms_to(u)) == 1 for u in (ALICE, BOB, CAROL)), timeout=10)
         order = [c.args["channel"] for c in slack.calls_to("chat.postMessage")]
         assert order == [ALICE, BOB, CAROL]  # one worker: exactly the written order
@@ -539,3 +545,23 @@ def test_a_late_post_records_itself_and_its_channel_s_floor_in_one_transaction(s
     # Another replica's next post to BOB keeps Slack's second after this one's count.
     slot, _ = Pacer(store, cap=CAP, clock=clock).reserve("T0001", BOB, horizon=10)
     assert slot is not None and slot.start >= clock() + CHANNEL_GAP_S - 0.001
+
+
+def test_an_edit_is_sent_and_recorded(store, worker, slack):
+    """Edits (a DM or card updated in place) are not paced and move no floor, but
+    are recorded like any post: a room that ends must not leave its edits pending."""
+
+    class EditCard(Card):
+        def render(self, row: Outbox) -> Rendered:
+            if row.kind == "dm_update":
+                (first,) = slack.dms_to(BOB)
+                return Rendered(text="ended", blocks=[], edit_ts=first["ts"])
+            return super().render(row)
+
+    worker.renderer = EditCard()
+    add_row(store, BOB)
+    drain(worker, store)
+    add_row(store, "D" + BOB, kind="dm_update")  # an edit names the DM channel
+    drain(worker, store)
+    assert len(slack.calls_to("chat.update")) == 1
+    assert {r.state for r in _all(store)} == {OutboxState.DONE}

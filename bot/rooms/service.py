@@ -40,7 +40,7 @@ from bot.rooms.streams import Streams
 from bot.slack import messages
 from bot.slack.calls import SlackCalls
 from bot.slack.gateway import SlackGateway, acting_for
-from bot.slack.outbox import OutboxWorker
+from bot.slack.outbox import Handover, OutboxWorker
 from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
 from bot.tokens import new_room_id
 
@@ -201,7 +201,7 @@ class Rooms:
         self.room_changed(room.id)  # the App Homes concerned: after the DMs are on their way
         return room
 
-    def _create(self, req: OpenRequest) -> tuple[Room, list[Outbox]]:
+    def _create(self, req: OpenRequest) -> tuple[Room, Handover | None]:
         """Write the room, create it on AMS, then activate it with everyone's grant.
 
         Returns the room and the invitations it owes that this process's outbox
@@ -237,7 +237,7 @@ class Rooms:
                 if prior is not None and prior.state != RoomState.CREATING:
                     if prior.state == RoomState.FAILED:
                         raise RoomError(f"Room `{prior.id}` failed to open ({prior.end_reason}).")
-                    return prior, []  # opened by an earlier try: never a second room
+                    return prior, None  # opened by an earlier try: never a second room
                 if req.schedule_id is None:
                     # Count and insert as one step per person (PostgreSQL: an advisory lock).
                     self.store.lock_person(tx, req.team_id, req.user_id)
@@ -366,7 +366,7 @@ class Rooms:
 
     def _activate(
         self, room: Room, req: OpenRequest, people: list[Admitted]
-    ) -> tuple[Room, list[Outbox]]:
+    ) -> tuple[Room, Handover | None]:
         version, _ = self.secrets.current()
         t = self.now()
         with self.store.write() as tx:
@@ -386,7 +386,7 @@ class Rooms:
             # The requester's DM first: the outbox sends in this order.
             owed = [self._outbox(row, "dm_link", g.user_id, grant_id=g.id) for g in grants]
             owed.append(self._outbox(row, "room_card", row.channel_id))
-            leased = self.outbox.lease_new(owed, at=t)
+            handover = self.outbox.lease_new(owed, at=t, tx=tx)
             tx.add_all(owed)
             self.store.audit(
                 tx,
@@ -400,7 +400,7 @@ class Rooms:
             room = row
         log.info("room %s opened by %s for %d people", room.id, req.user_id, len(people))
         self.event("created")
-        return room, owed if leased else []
+        return room, handover
 
     def _dm_edit(self, room: Room, grant: Grant, mode: str) -> Outbox:
         """The outbox row that edits ``grant``'s DM in place (``mode``: ended, reissue, kicked)."""

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sqlalchemy.orm import Session
+
 from bot.logs import ContextThreadPoolExecutor, with_correlation
 from bot.slack.gateway import SLACK_TIMEOUT_S, SlackGateway, SlackSendError, acting_for
 from bot.slack.pacing import Pacer, Slot
@@ -51,6 +53,16 @@ class Rendered:
     blocks: list[dict[str, Any]]
     edit_ts: str | None = None
     metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Rows :meth:`OutboxWorker.lease_new` leased to this worker as they were written,
+    and, by position, the ``(slot, wait)`` each new post reserved in that
+    transaction (None: none reserved yet; edits reserve nothing)."""
+
+    rows: list[Outbox]
+    slots: list[tuple[Slot | None, float] | None] | None
 
 
 class Renderer(Protocol):
@@ -147,37 +159,51 @@ class OutboxWorker:
         """New rows are waiting: look now rather than at the next poll."""
         self._wake.set()
 
-    def lease_new(self, rows: Sequence[Outbox], *, at: int) -> bool:
-        """Lease rows about to be written to this worker, if it runs; True if it did.
+    def lease_new(
+        self, rows: Sequence[Outbox], *, at: int, tx: Session | None = None
+    ) -> Handover | None:
+        """Lease rows about to be written to this worker, if it runs (else None).
 
-        Called inside the transaction that writes them; once it commits, the
+        Called inside the transaction ``tx`` that writes them; once it commits, the
         writer hands them over with :meth:`adopt`. A room's invitations then
         start at once, with no claim transaction and no wait for the loop: the
-        requester's DM leaves milliseconds sooner. Should this process die
-        first, the lease runs out and any replica claims them as usual.
+        requester's DM leaves milliseconds sooner. Their new posts reserve their
+        slots in ``tx`` too, not in a transaction of their own before the first
+        one can leave. Should this process die first, the lease runs out and any
+        replica claims them as usual.
         """
         if self._thread is None or self._stop.is_set():
-            return False  # nobody here would send them: they wait for a claim
+            return None  # nobody here would send them: they wait for a claim
         for r in rows:
             r.lease_owner = self.owner
             r.lease_until = at + self.lease
             r.attempts = 1  # as a claim counts it
-        return True
-
-    def adopt(self, rows: Sequence[Outbox]) -> None:
-        """Send committed rows :meth:`lease_new` leased to this worker, as if just claimed.
-
-        New posts reserve their slots here, together, in the rows' order; the
-        rows go to free workers in that order, the rest as workers free up.
-        """
         posts = [r for r in rows if r.kind in NEW_POST_KINDS]
-        try:
-            reserved = dict(zip((r.id for r in posts), self._reserve(posts), strict=True))
-        except Exception:  # each post reserves its own slot when it is sent
-            log.exception("reserving slots for %d new posts failed", len(posts))
-            reserved = {}
+        if tx is None or not posts:
+            return Handover(list(rows), None)
+        reserved = iter(self._reserve(posts, s=tx))
+        return Handover(
+            list(rows), [next(reserved) if r.kind in NEW_POST_KINDS else None for r in rows]
+        )
+
+    def adopt(self, handover: Handover) -> None:
+        """Send the committed rows of a :meth:`lease_new` hand-over, as if just claimed.
+
+        New posts take the slots they reserved as they were written, or reserve
+        them here, together, in the rows' order; the rows go to free workers in
+        that order, the rest as workers free up.
+        """
+        rows, slots = handover.rows, handover.slots
+        if slots is None:
+            posts = [r for r in rows if r.kind in NEW_POST_KINDS]
+            try:
+                reserved = iter(self._reserve(posts))
+                slots = [next(reserved) if r.kind in NEW_POST_KINDS else None for r in rows]
+            except Exception:  # each post reserves its own slot when it is sent
+                log.exception("reserving slots for %d new posts failed", len(posts))
+                slots = [None] * len(rows)
         with self._held_lock:
-            self._ready.extend((r, reserved.get(r.id)) for r in rows)
+            self._ready.extend(zip(rows, slots, strict=True))
         if self._stop.is_set():
             return  # stopping: stop() hands them back unsent
         try:
@@ -265,14 +291,17 @@ class OutboxWorker:
             self._wake.set()  # more may be waiting
         return len(rows)
 
-    def _reserve(self, rows: list[Outbox]) -> list[tuple[Slot | None, float]]:
-        """Slots for claimed new posts (``bot.slack.pacing``), as far off as their lease allows."""
+    def _reserve(
+        self, rows: list[Outbox], s: Session | None = None
+    ) -> list[tuple[Slot | None, float]]:
+        """Slots for claimed new posts (``bot.slack.pacing``), as far off as their lease
+        allows; in ``s`` if given."""
         if not rows:
             return []
         horizon = max(
             MAX_INLINE_WAIT_S, min(r.lease_until or 0 for r in rows) - time.time() - SEND_BUDGET_S
         )
-        return self.pacer.reserve_many([(r.team_id, r.channel) for r in rows], horizon=horizon)
+        return self.pacer.reserve_many([(r.team_id, r.channel) for r in rows], horizon=horizon, s=s)
 
     def _send_and_release(
         self,
@@ -359,6 +388,7 @@ class OutboxWorker:
             row.settled_attempts = row.attempts - 1  # none of them posted, now we know
         with self._sending_lock:
             self._sending.add(row.id)  # until the outcome is recorded: see stop()
+        floors: dict[str, float] = {}  # the pacing floors a new post moved (edits: none)
         try:
             if rendered.edit_ts:
                 channel, ts = self.slack.update(

@@ -116,24 +116,27 @@ class Pacer:
         return self.reserve_many([(team, channel)], horizon=horizon)[0]
 
     def reserve_many(
-        self, posts: list[tuple[str, str]], *, horizon: float
+        self, posts: list[tuple[str, str]], *, horizon: float, s: Session | None = None
     ) -> list[tuple[Slot | None, float]]:
         """:meth:`reserve` for several ``(team, channel)`` posts, in order, in one
         transaction: a batch the outbox claimed costs one round of locks, and its
-        first post (a room's requester's DM) gets the first slot."""
+        first post (a room's requester's DM) gets the first slot. ``s``: the
+        caller's transaction (the one that writes the posts), else one of its own."""
+        if s is None:
+            with self.store.write() as tx:
+                return self.reserve_many(posts, horizon=horizon, s=tx)
         keys = sorted({k for t, c in posts for k in (_channel_key(t, c), _workspace_key(t))})
         out: list[tuple[Slot | None, float]] = []
-        touched: set[str] = set()
-        with self.store.write() as s:
-            rows = self._locked(s, *keys)
-            rings = self._rings(s, rows, posts)
-            for team, channel in posts:
-                slot, wait = self._reserve_in(s, rows, rings, team, channel, horizon)
-                out.append((slot, wait))
-                if slot is not None:
-                    touched.add(slot.ring)
-        self._known.update(keys)  # committed
-        self._known.update(touched)
+        rows = self._locked(s, *keys)
+        rings = self._rings(s, rows, posts)
+        for team, channel in posts:
+            slot, wait = self._reserve_in(s, rows, rings, team, channel, horizon)
+            out.append((slot, wait))
+            if slot is not None:
+                keys.append(slot.ring)
+        # Once committed; should ``s`` roll back, a key taken for made is made again
+        # when found missing (``_locked``).
+        self._known.update(keys)
         return out
 
     def _rings(
