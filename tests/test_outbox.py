@@ -117,6 +117,13 @@ def test_stop_hands_back_claimed_rows(store, slack):
     assert row.state == OutboxState.PENDING and row.lease_owner is None
 
 
+def counted_at(slack, channel: str) -> list[float]:
+    """When Slack counted each post it accepted to ``channel``, in order."""
+    return sorted(
+        c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == channel
+    )
+
+
 def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, slack):
     from tests.conftest import wait_for
 
@@ -147,9 +154,7 @@ def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, s
     finally:
         w.stop()
     assert slack.ratelimited_count == 0
-    times = sorted(
-        c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == BOB
-    )
+    times = counted_at(slack, BOB)
     assert all(b - a >= 1.0 for a, b in zip(times, times[1:]))
     assert times[-1] - times[0] < 2.5  # at their slots, not a whole poll or second later
 
@@ -502,9 +507,7 @@ def test_a_post_that_starts_late_is_not_caught_up_by_the_next_one_to_its_channel
     finally:
         w.stop()
     assert slack.ratelimited_count == 0
-    counted = sorted(
-        c.at for c in slack.calls_to("chat.postMessage") if c.ok and c.args["channel"] == BOB
-    )
+    counted = counted_at(slack, BOB)
     assert counted[1] - counted[0] >= 1.0
 
 

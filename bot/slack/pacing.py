@@ -206,7 +206,7 @@ class Pacer:
         """Hold ``slot``'s channel for one post by this process, waiting for it first.
 
         A post waits until this process's previous post to the channel has ended
-        and ``gap`` has passed since Slack counted it (see :meth:`posted`). On
+        and ``gap`` has passed since Slack counted it (see :meth:`ended`). On
         time that wait is nil: the reservation already put the slot a gap after
         the previous one. A post that started late is what it waits for, for at
         most ``MAX_TURN_WAIT_S``. In memory only: posts from other replicas are
