@@ -21,6 +21,9 @@ class Card:
         meta = {"event_type": "meetbot_outbox", "event_payload": {"outbox_id": row.id}}
         return Rendered(text=f"hello {row.id}", blocks=[], metadata=meta)
 
+    def render_many(self, rows):
+        return [self.render(r) for r in rows]
+
 
 @pytest.fixture
 def store(sqlite_url):
@@ -391,6 +394,112 @@ def test_rows_leased_as_they_are_written_go_out_in_order_without_a_claim(store, 
     finally:
         store.claim_outbox = real_claim
         w.stop()
+
+
+class HandOverCard(Card):
+    """Renders like Card, numbering each render (``#n`` in the text), and records how
+    it was asked: ``("one", id)`` per render, ``("many", [ids])`` per render_many."""
+
+    def __init__(self, *, fail_many: bool = False) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.fail_many = fail_many
+        self.n = 0
+
+    def _one(self, row: Outbox) -> Rendered:
+        self.n += 1
+        card = Card.render(self, row)
+        return Rendered(f"{card.text} #{self.n}", card.blocks, metadata=card.metadata)
+
+    def render(self, row: Outbox) -> Rendered:
+        self.calls.append(("one", row.id))
+        return self._one(row)
+
+    def render_many(self, rows):
+        self.calls.append(("many", [r.id for r in rows]))
+        if self.fail_many:
+            raise RuntimeError("the database went away")
+        return [self._one(r) for r in rows]
+
+
+def _hand_over(store, worker, channels):
+    """Write DMs to ``channels`` leased to ``worker`` and hand them over; their ids."""
+    rows = [_new_row(c) for c in channels]
+    with store.write() as tx:
+        handover = worker.lease_new(rows, at=now(), tx=tx)
+        tx.add_all(rows)
+    assert handover is not None
+    worker.adopt(handover)
+    return [r.id for r in rows]
+
+
+def _texts_to(slack, user):
+    return [c.args["text"] for c in slack.calls_to("chat.postMessage") if c.args["channel"] == user]
+
+
+def test_invitations_that_leave_at_once_are_rendered_together_and_each_once(store, slack):
+    """The posts of a hand-over whose slot is now are rendered in one ``render_many``
+    (one read of their room and grants, not two reads each on their sending threads),
+    and sent as rendered; a post that must wait for its channel's slot is rendered
+    when it goes, from the state then."""
+    from tests.conftest import ALICE, wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    card = HandOverCard()
+    w = OutboxWorker(store, gateway, card, Pacer(store, cap=CAP), workers=3, owner="w11")
+    w.start()
+    try:
+        # Bob's second DM waits a second for his channel's slot.
+        alice, bob, bob_again = _hand_over(store, w, [ALICE, BOB, BOB])
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2 and len(slack.dms_to(ALICE)) == 1, timeout=10)
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+    finally:
+        w.stop()
+    assert card.calls == [("many", [alice, bob]), ("one", bob_again)]
+    assert _texts_to(slack, ALICE) == [f"hello {alice} #1"]
+    assert _texts_to(slack, BOB) == [f"hello {bob} #2", f"hello {bob_again} #3"]
+
+
+def test_a_message_rendered_at_its_hand_over_that_waited_too_long_is_rendered_again(
+    store, slack, monkeypatch
+):
+    """Had every sending thread been busy, a message rendered at its hand-over would
+    be old by the time it leaves: it is rendered again, and only the new one is sent."""
+    from bot.slack import outbox
+    from tests.conftest import ALICE, wait_for
+
+    monkeypatch.setattr(outbox, "PRERENDERED_FOR_S", 0.0)
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    card = HandOverCard()
+    w = OutboxWorker(store, gateway, card, Pacer(store, cap=CAP), workers=2, owner="w12")
+    w.start()
+    try:
+        alice, bob = _hand_over(store, w, [ALICE, BOB])
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1 and len(slack.dms_to(ALICE)) == 1, timeout=10)
+    finally:
+        w.stop()
+    assert card.calls[0] == ("many", [alice, bob])
+    assert sorted(card.calls[1:]) == [("one", alice), ("one", bob)]
+    sent = _texts_to(slack, ALICE) + _texts_to(slack, BOB)
+    assert len(sent) == 2
+    assert not [t for t in sent if t.endswith((" #1", " #2"))]  # the hand-over's renders
+
+
+def test_invitations_whose_joint_render_failed_are_each_rendered_as_they_go(store, slack):
+    """A failed ``render_many`` (the database, say) costs no invitation: each post is
+    rendered on its sending thread as a claimed one is."""
+    from tests.conftest import ALICE, wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    card = HandOverCard(fail_many=True)
+    w = OutboxWorker(store, gateway, card, Pacer(store, cap=CAP), workers=2, owner="w13")
+    w.start()
+    try:
+        alice, bob = _hand_over(store, w, [ALICE, BOB])
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1 and len(slack.dms_to(ALICE)) == 1, timeout=10)
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+    finally:
+        w.stop()
+    assert sorted(card.calls[1:]) == [("one", alice), ("one", bob)]
 
 
 def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_lease(store, slack):

@@ -39,6 +39,7 @@ import logging
 import re
 import secrets
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -274,6 +275,31 @@ class Links:
         with self.store.read() as s:
             room = s.get(Room, row.room_id) if row.room_id else None
             grant = s.get(Grant, row.grant_id) if row.grant_id else None
+        return self._compose(row, room, grant)
+
+    def render_many(self, rows: Sequence[Outbox]) -> list[Rendered | None]:
+        """:meth:`render` for several rows (a room's invitations), from one read.
+
+        A room's DMs and card are written together and go out together; reading
+        their room and grants once, not twice per message, is most of what
+        rendering them costs.
+        """
+        room_ids = {r.room_id for r in rows if r.room_id}
+        grant_ids = {r.grant_id for r in rows if r.grant_id}
+        with self.store.read() as s:
+            rooms = {room.id: room for room in s.scalars(select(Room).where(Room.id.in_(room_ids)))}
+            grants = {g.id: g for g in s.scalars(select(Grant).where(Grant.id.in_(grant_ids)))}
+        return [
+            self._compose(
+                row,
+                rooms.get(row.room_id) if row.room_id else None,
+                grants.get(row.grant_id) if row.grant_id else None,
+            )
+            for row in rows
+        ]
+
+    def _compose(self, row: Outbox, room: Room | None, grant: Grant | None) -> Rendered | None:
+        """The message for ``row`` given its room and grant as they are now."""
         if room is None:
             return None
         if row.kind == "room_card" or row.kind == "card_update":

@@ -189,16 +189,24 @@ class Rooms:
         except RoomError as e:
             self.replies.tell_requester(req.response_url, req.notify, e.user_message)
             return None
-        if owed:
-            self.outbox.adopt(owed)  # written leased to this process: sent with no claim
-        else:
+
+        def done(rows: list[Outbox]) -> None:
+            self.replies.fanout_done(room, rows, req.response_url, req.notify)
+
+        if owed is None:
             self.outbox.kick()
-        # After the hand-over (its check is a query); it reports rows finished before it.
-        self.outbox.watch_room(
-            room.id,
-            lambda rows: self.replies.fanout_done(room, rows, req.response_url, req.notify),
-        )
-        self.room_changed(room.id)  # the App Homes concerned: after the DMs are on their way
+            # It reports rows finished before it (its check is a query).
+            self.outbox.watch_room(room.id, done)
+            self.room_changed(room.id)  # the App Homes concerned
+            return room
+        # Handed over to this process's outbox: nothing of it can have been sent
+        # before the hand-over, so the watch needs no check. And nothing to read
+        # for the App Homes: everyone invited has a DM among the rows. The DMs'
+        # sending threads then have the interpreter to themselves.
+        self.outbox.watch_room(room.id, done, check=False)
+        self.outbox.adopt(owed)  # written leased to this process: sent with no claim
+        users = [room.owner_id, *(r.channel for r in owed.rows if r.kind == "dm_link")]
+        self.homes_changed(room.team_id, users, room.enterprise_id)
         return room
 
     def _create(self, req: OpenRequest) -> tuple[Room, Handover | None]:
@@ -1060,6 +1068,15 @@ class Rooms:
             self.on_change(room.team_id, users, room.enterprise_id)
         except Exception:
             log.exception("on_change hook failed for room %s", room_id)
+
+    def homes_changed(self, team_id: str, users: list[str], enterprise_id: str | None) -> None:
+        """Call ``on_change`` for these people; never raises (as :meth:`room_changed`)."""
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(team_id, list(dict.fromkeys(users)), enterprise_id)
+        except Exception:
+            log.exception("on_change hook failed for %d people", len(users))
 
     def _people_changed(self, people: People) -> None:
         """``on_change`` once per workspace for many rooms (team → users); never raises."""

@@ -3,7 +3,8 @@
 Rows are written by ``bot.rooms`` in the same transaction as the change that
 owes them, so a crash never loses one. This worker claims due rows with a
 lease, renders each at send time (so a DM sent late still says the right
-thing and a token is minted only in memory), sends it, and records the Slack
+thing and a token is minted only in memory; a room's invitations that leave
+at once are rendered together as they are handed over), sends it, and records the Slack
 channel and ts. A worker that dies leaves leases that run out; whoever claims
 next sends the row. Retries happen here, never in the HTTP client, because
 ``chat.postMessage`` has no idempotency key.
@@ -39,6 +40,9 @@ MAX_ATTEMPTS = 8
 MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held (below)
 INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
 SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
+#: A message rendered at its hand-over is sent as it is if it leaves within this;
+#: later (every worker was busy), it is rendered again from the state then.
+PRERENDERED_FOR_S = 0.5
 #: Kinds sent with chat.postMessage, paced per channel (a room's invitations:
 #: its DMs and its card); the rest are chat.update edits.
 NEW_POST_KINDS = ("dm_link", "room_card")
@@ -65,8 +69,19 @@ class Handover:
     slots: list[tuple[Slot | None, float] | None] | None
 
 
+@dataclass(frozen=True)
+class Prerendered:
+    """A message rendered when its row was handed over (:meth:`OutboxWorker.adopt`),
+    and when (monotonic); ``message`` None: nothing to send."""
+
+    message: Rendered | None
+    at: float
+
+
 class Renderer(Protocol):
     def render(self, row: Outbox) -> Rendered | None: ...
+
+    def render_many(self, rows: Sequence[Outbox]) -> list[Rendered | None]: ...
 
 
 def _looks_first(row: Outbox) -> bool:
@@ -119,8 +134,11 @@ class OutboxWorker:
         # (due, row id, row, its reserved slot).
         self._held: list[tuple[float, int, Outbox, Slot]] = []
         # Rows handed over by their writer (adopt) waiting for a free worker, in
-        # order: (row, its reserved (slot, wait) if a new post).
-        self._ready: deque[tuple[Outbox, tuple[Slot | None, float] | None]] = deque()
+        # order: (row, its reserved (slot, wait) if a new post, its message if
+        # rendered at the hand-over).
+        self._ready: deque[tuple[Outbox, tuple[Slot | None, float] | None, Prerendered | None]] = (
+            deque()
+        )
         # Renders take turns (see _send).
         self._render_turn = threading.Lock()
         self._sending: set[int] = set()  # rows whose Slack call began, outcome not recorded
@@ -191,7 +209,8 @@ class OutboxWorker:
 
         New posts take the slots they reserved as they were written, or reserve
         them here, together, in the rows' order; the rows go to free workers in
-        that order, the rest as workers free up.
+        that order, the rest as workers free up. Those whose slot is now are
+        rendered here first, together (:meth:`_prerender`).
         """
         rows, slots = handover.rows, handover.slots
         if slots is None:
@@ -202,8 +221,9 @@ class OutboxWorker:
             except Exception:  # each post reserves its own slot when it is sent
                 log.exception("reserving slots for %d new posts failed", len(posts))
                 slots = [None] * len(rows)
+        prerendered = self._prerender(rows, slots)
         with self._held_lock:
-            self._ready.extend(zip(rows, slots, strict=True))
+            self._ready.extend(zip(rows, slots, prerendered, strict=True))
         if self._stop.is_set():
             return  # stopping: stop() hands them back unsent
         try:
@@ -212,11 +232,49 @@ class OutboxWorker:
             return
         self._wake.set()
 
-    def watch_room(self, room_id: str, callback: Callable[[list[Outbox]], None]) -> None:
-        """Call ``callback(rows)`` once none of the room's invitation messages is pending."""
+    def _prerender(
+        self, rows: list[Outbox], slots: list[tuple[Slot | None, float] | None]
+    ) -> list[Prerendered | None]:
+        """Render, from one read, the handed-over posts whose slot is now.
+
+        A room's invitations all leave at once. Rendered one by one on their
+        sending threads, each read the room and its grant again while the
+        others' sends shared the interpreter, and the last invitee's DM left
+        about 15 ms after the requester's. Rendered here together, they leave
+        within a few milliseconds of each other. Posts that wait for their slot
+        are rendered when they go, as claimed rows are.
+        """
+        now_ = [
+            i
+            for i, reserved in enumerate(slots)
+            if reserved is not None and reserved[0] is not None and reserved[1] <= INLINE_SLEEP_S
+        ]
+        out: list[Prerendered | None] = [None] * len(rows)
+        if not now_:
+            return out
+        try:
+            with self._render_turn:
+                messages = self.renderer.render_many([rows[i] for i in now_])
+        except Exception:  # each renders itself when it is sent
+            log.exception("rendering %d handed-over messages failed", len(now_))
+            return out
+        at = time.monotonic()
+        for i, message in zip(now_, messages, strict=True):
+            out[i] = Prerendered(message, at)
+        return out
+
+    def watch_room(
+        self, room_id: str, callback: Callable[[list[Outbox]], None], *, check: bool = True
+    ) -> None:
+        """Call ``callback(rows)`` once none of the room's invitation messages is pending.
+
+        ``check=False``: do not look now (a query); for rooms whose invitations
+        are about to be handed over (:meth:`adopt`), which cannot have gone yet.
+        """
         with self._watch_lock:
             self._watchers[room_id] = callback
-        self._check_watch(room_id)
+        if check:
+            self._check_watch(room_id)
 
     # -- loop -----------------------------------------------------------
     def _run(self) -> None:
@@ -259,13 +317,14 @@ class OutboxWorker:
                     return False
                 if not self._slots.acquire(blocking=False):
                     return True
+                prerendered = None
                 if self._ready:
-                    row, reserved = self._ready.popleft()
+                    row, reserved, prerendered = self._ready.popleft()
                     held = None
                 else:
                     _, _, row, held = heapq.heappop(self._held)
                     reserved = None
-            self._pool.submit(self._send_and_release, row, held, reserved)
+            self._pool.submit(self._send_and_release, row, held, reserved, prerendered)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -308,9 +367,10 @@ class OutboxWorker:
         row: Outbox,
         held: Slot | None = None,
         reserved: tuple[Slot | None, float] | None = None,
+        prerendered: Prerendered | None = None,
     ) -> None:
         try:
-            self.send(row, held=held, may_hold=True, reserved=reserved)
+            self.send(row, held=held, may_hold=True, reserved=reserved, prerendered=prerendered)
         except Exception:
             log.exception("outbox row %s failed unexpectedly", row.id)
         finally:
@@ -325,19 +385,23 @@ class OutboxWorker:
         held: Slot | None = None,
         may_hold: bool = False,
         reserved: tuple[Slot | None, float] | None = None,
+        prerendered: Prerendered | None = None,
     ) -> None:
         """Render and send one claimed row now (or at its channel's paced slot).
 
         ``may_hold``: a paced post may wait for its slot in memory (the worker's
         loop sends it then) instead of on this thread. ``held``: it did, and this
         is the slot it reserved. ``reserved``: its batch reserved ``(slot, wait)``.
+        ``prerendered``: its message, rendered at its hand-over.
         """
         try:
             cid = json.loads(row.payload or "{}").get("cid")
         except ValueError:
             cid = None
         with acting_for(row.team_id, row.enterprise_id), with_correlation(cid):
-            self._send(row, held=held, may_hold=may_hold, reserved=reserved)
+            self._send(
+                row, held=held, may_hold=may_hold, reserved=reserved, prerendered=prerendered
+            )
 
     def _send(
         self,
@@ -346,6 +410,7 @@ class OutboxWorker:
         held: Slot | None = None,
         may_hold: bool = False,
         reserved: tuple[Slot | None, float] | None = None,
+        prerendered: Prerendered | None = None,
     ) -> None:
         # Slack's one-message-per-second-per-channel limit is for new posts;
         # edits (chat.update, Tier 3) are not paced per channel. A new post
@@ -361,12 +426,15 @@ class OutboxWorker:
                 t = self.pacer.clock()
                 self.pacer.posted(slot, t, t, counted=False)
             return
-        # One render at a time: the posts of a batch start together, and rendering
-        # side by side they share the interpreter, each finishing as late as the
-        # last. In turn, the first post (the requester's DM) leaves after one
-        # render, not after all of them.
-        with self._render_turn:
-            rendered = self.renderer.render(row)
+        # Rendered at the hand-over if it is leaving as planned (_prerender); else
+        # one render at a time: the posts of a claimed batch start together, and
+        # rendering side by side they share the interpreter, each finishing as
+        # late as the last. In turn, the first leaves after one render, not all.
+        if prerendered is not None and time.monotonic() - prerendered.at <= PRERENDERED_FOR_S:
+            rendered = prerendered.message
+        else:
+            with self._render_turn:
+                rendered = self.renderer.render(row)
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
