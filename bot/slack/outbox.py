@@ -40,9 +40,6 @@ MAX_ATTEMPTS = 8
 MAX_INLINE_WAIT_S = 2.0  # the longest a paced post waits when it cannot be held (below)
 INLINE_SLEEP_S = 0.05  # a paced post this close to its slot waits on its worker thread
 SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its slot
-#: A message rendered at its hand-over is sent as it is if it leaves within this;
-#: later (every worker was busy), it is rendered again from the state then.
-PRERENDERED_FOR_S = 0.5
 #: Kinds sent with chat.postMessage, paced per channel (a room's invitations:
 #: its DMs and its card); the rest are chat.update edits.
 NEW_POST_KINDS = ("dm_link", "room_card")
@@ -71,11 +68,10 @@ class Handover:
 
 @dataclass(frozen=True)
 class Prerendered:
-    """A message rendered when its row was handed over (:meth:`OutboxWorker.adopt`),
-    and when (monotonic); ``message`` None: nothing to send."""
+    """A message rendered as its row was handed over to a free worker
+    (:meth:`OutboxWorker.adopt`); ``message`` None: nothing to send."""
 
     message: Rendered | None
-    at: float
 
 
 class Renderer(Protocol):
@@ -134,11 +130,8 @@ class OutboxWorker:
         # (due, row id, row, its reserved slot).
         self._held: list[tuple[float, int, Outbox, Slot]] = []
         # Rows handed over by their writer (adopt) waiting for a free worker, in
-        # order: (row, its reserved (slot, wait) if a new post, its message if
-        # rendered at the hand-over).
-        self._ready: deque[tuple[Outbox, tuple[Slot | None, float] | None, Prerendered | None]] = (
-            deque()
-        )
+        # order: (row, its reserved (slot, wait) if a new post).
+        self._ready: deque[tuple[Outbox, tuple[Slot | None, float] | None]] = deque()
         # Renders take turns (see _send).
         self._render_turn = threading.Lock()
         self._sending: set[int] = set()  # rows whose Slack call began, outcome not recorded
@@ -209,8 +202,9 @@ class OutboxWorker:
 
         New posts take the slots they reserved as they were written, or reserve
         them here, together, in the rows' order; the rows go to free workers in
-        that order, the rest as workers free up. Those whose slot is now are
-        rendered here first, together (:meth:`_prerender`).
+        that order, the rest as workers free up. Those that free workers take at
+        once are rendered here first, together (:meth:`_prerender`); the rest
+        are rendered when they go, from the state then.
         """
         rows, slots = handover.rows, handover.slots
         if slots is None:
@@ -221,28 +215,44 @@ class OutboxWorker:
             except Exception:  # each post reserves its own slot when it is sent
                 log.exception("reserving slots for %d new posts failed", len(posts))
                 slots = [None] * len(rows)
-        prerendered = self._prerender(rows, slots)
-        with self._held_lock:
-            self._ready.extend(zip(rows, slots, prerendered, strict=True))
         if self._stop.is_set():
+            with self._held_lock:
+                self._ready.extend(zip(rows, slots, strict=True))
             return  # stopping: stop() hands them back unsent
+        at_once = 0  # how many of the first rows free workers take now
+        with self._held_lock:
+            if not self._ready:  # else they queue behind rows handed over earlier
+                while at_once < len(rows) and self._slots.acquire(blocking=False):
+                    at_once += 1
+        prerendered = self._prerender(rows[:at_once], slots[:at_once])
+        submitted = 0
+        try:
+            first = zip(rows[:at_once], slots[:at_once], prerendered, strict=True)
+            for row, reserved, message in first:
+                self._pool.submit(self._send_and_release, row, None, reserved, message)
+                submitted += 1
+        except RuntimeError:  # stopped meanwhile (the pool refuses work): likewise
+            for _ in range(at_once - submitted):
+                self._slots.release()
+            return
+        with self._held_lock:
+            self._ready.extend(zip(rows[at_once:], slots[at_once:], strict=True))
         try:
             self._release_held()
-        except RuntimeError:  # stopped meanwhile (the pool refuses work): likewise
+        except RuntimeError:
             return
         self._wake.set()
 
     def _prerender(
         self, rows: list[Outbox], slots: list[tuple[Slot | None, float] | None]
     ) -> list[Prerendered | None]:
-        """Render, from one read, the handed-over posts whose slot is now.
+        """Render, from one read, the posts free workers take now whose slot is now.
 
         A room's invitations all leave at once. Rendered one by one on their
         sending threads, each read the room and its grant again while the
         others' sends shared the interpreter, and the last invitee's DM left
         about 15 ms after the requester's. Rendered here together, they leave
-        within a few milliseconds of each other. Posts that wait for their slot
-        are rendered when they go, as claimed rows are.
+        within a few milliseconds of each other, milliseconds after this.
         """
         now_ = [
             i
@@ -258,9 +268,8 @@ class OutboxWorker:
         except Exception:  # each renders itself when it is sent
             log.exception("rendering %d handed-over messages failed", len(now_))
             return out
-        at = time.monotonic()
         for i, message in zip(now_, messages, strict=True):
-            out[i] = Prerendered(message, at)
+            out[i] = Prerendered(message)
         return out
 
     def watch_room(
@@ -317,14 +326,13 @@ class OutboxWorker:
                     return False
                 if not self._slots.acquire(blocking=False):
                     return True
-                prerendered = None
                 if self._ready:
-                    row, reserved, prerendered = self._ready.popleft()
+                    row, reserved = self._ready.popleft()
                     held = None
                 else:
                     _, _, row, held = heapq.heappop(self._held)
                     reserved = None
-            self._pool.submit(self._send_and_release, row, held, reserved, prerendered)
+            self._pool.submit(self._send_and_release, row, held, reserved)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -426,11 +434,11 @@ class OutboxWorker:
                 t = self.pacer.clock()
                 self.pacer.posted(slot, t, t, counted=False)
             return
-        # Rendered at the hand-over if it is leaving as planned (_prerender); else
+        # Rendered at the hand-over if a free worker took it then (_prerender); else
         # one render at a time: the posts of a claimed batch start together, and
         # rendering side by side they share the interpreter, each finishing as
         # late as the last. In turn, the first leaves after one render, not all.
-        if prerendered is not None and time.monotonic() - prerendered.at <= PRERENDERED_FOR_S:
+        if prerendered is not None:
             rendered = prerendered.message
         else:
             with self._render_turn:
