@@ -61,7 +61,7 @@ def test_defaults_follow_the_design_table() -> None:
     assert s.max_open_rooms_per_user == 5
     assert s.allow_guests is False and s.slack_calls is False
     assert (s.log_format, s.log_level) == ("text", "INFO")
-    assert s.ams_timeout == 10.0 and s.ams_concurrency == 8 and s.fanout_workers == 8
+    assert s.ams_timeout == 10.0 and s.ams_concurrency == 8 and s.fanout_workers == 16
     for name in (
         "slack_app_token",
         "ams_rest_jwt_secret",
@@ -112,7 +112,7 @@ def test_every_value_is_read() -> None:
             SLACK_CLIENT_SECRET="client-secret",
             AMS_TIMEOUT="2.5",
             MEETBOT_AMS_CONCURRENCY="4",
-            MEETBOT_FANOUT_WORKERS="16",
+            MEETBOT_FANOUT_WORKERS="24",
         )
     )
     assert s.slack_app_token == "xapp-1-abc" and not s.http_mode
@@ -128,7 +128,7 @@ def test_every_value_is_read() -> None:
     assert s.allow_guests and s.slack_calls
     assert (s.log_format, s.log_level) == ("json", "DEBUG")
     assert not s.oauth_enabled  # a bot token is set: single workspace
-    assert (s.ams_timeout, s.ams_concurrency, s.fanout_workers) == (2.5, 4, 16)
+    assert (s.ams_timeout, s.ams_concurrency, s.fanout_workers) == (2.5, 4, 24)
 
 
 def test_blank_values_count_as_unset() -> None:
