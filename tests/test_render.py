@@ -117,3 +117,51 @@ def test_render_many_says_of_each_row_what_render_says(links):
         assert claims["jti"] == f"jti-roomopen0001-{user}"
         assert "roomopen0001" in json.dumps(rendered.blocks)
     assert many[0].metadata["event_payload"]["outbox_id"] == rows[0].id
+
+
+def test_the_first_render_of_a_room_s_click_time_links_records_their_hashes_in_one_write(
+    sqlite_url,
+):
+    """With MEETBOT_PUBLIC_URL each DM carries ``/join/<id>`` and the database keeps
+    sha256(id) to find its grant. A room's DMs rendered together record those hashes
+    in one transaction, not one each; every link then finds its own grant."""
+    from sqlalchemy import event, select
+
+    from bot.rooms.links import derive_key, link_hash, lookup
+
+    store = Store(sqlite_url)
+    store.migrate()
+    settings = Settings(
+        ams_url="https://ams.example.com:5443",
+        slack_bot_token="xoxb-test",
+        slack_signing_secret="signing-secret",
+        ams_jwt_secret=STREAM_SECRET,
+        database_url=sqlite_url,
+        public_url="https://meet.example.com",
+    )
+    links = Links(settings, store, StaticSecret(STREAM_SECRET))
+    rows = _room(store, "roompublic01", [ALICE, BOB, CAROL], revoked=[CAROL])
+    writes: list[bool] = []
+
+    def on_begin(conn) -> None:
+        if conn.get_execution_options().get("meetbot_write"):
+            writes.append(True)
+
+    event.listen(store.engine, "begin", on_begin)
+    try:
+        rendered = links.render_many(rows)
+        again = links.render_many(rows)  # hashes recorded: nothing more to write
+    finally:
+        event.remove(store.engine, "begin", on_begin)
+    assert len(writes) == 1
+    assert [_without_tokens(r) for r in again] == [_without_tokens(r) for r in rendered]
+    ids = [
+        re.search(r"/join/([A-Za-z0-9_-]{43})", json.dumps(r.blocks)).group(1) for r in rendered[:2]
+    ]
+    for user, link_id in zip((ALICE, BOB), ids, strict=True):
+        grant, room = lookup(store, derive_key(settings), link_id)
+        assert (grant.user_id, room.id) == (user, "roompublic01")
+    with store.read() as s:
+        hashes = dict(s.execute(select(Grant.user_id, Grant.link_hash)).all())
+    assert hashes == {ALICE: link_hash(ids[0]), BOB: link_hash(ids[1]), CAROL: None}
+    store.dispose()

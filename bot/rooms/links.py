@@ -289,6 +289,7 @@ class Links:
         with self.store.read() as s:
             rooms = {room.id: room for room in s.scalars(select(Room).where(Room.id.in_(room_ids)))}
             grants = {g.id: g for g in s.scalars(select(Grant).where(Grant.id.in_(grant_ids)))}
+        self._record_link_hashes(list(grants.values()))
         return [
             self._compose(
                 row,
@@ -297,6 +298,26 @@ class Links:
             )
             for row in rows
         ]
+
+    def _record_link_hashes(self, grants: list[Grant]) -> None:
+        """Record, in one write, the click-time link hashes ``public_link`` would
+        write one by one: the first render of a room's DMs would otherwise make
+        a write transaction per DM."""
+        key = derive_key(self.settings) if self.settings.public_url else None
+        if key is None:
+            return
+        hashes = {g.id: link_hash(join_id(key, g)) for g in grants if g.revoked_at is None}
+        stale = sorted(
+            (g for g in grants if g.id in hashes and g.link_hash != hashes[g.id]),
+            key=lambda g: g.id,
+        )
+        if not stale:
+            return
+        with self.store.write() as tx:
+            for g in stale:
+                tx.execute(update(Grant).where(Grant.id == g.id).values(link_hash=hashes[g.id]))
+        for g in stale:
+            g.link_hash = hashes[g.id]
 
     def _compose(self, row: Outbox, room: Room | None, grant: Grant | None) -> Rendered | None:
         """The message for ``row`` given its room and grant as they are now."""
