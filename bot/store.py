@@ -718,6 +718,19 @@ class Store:
             q = select(Outbox).where(Outbox.room_id == room_id).order_by(Outbox.id)
             return list(s.scalars(q))
 
+    def rooms_with_pending(self, room_ids: Sequence[str], kinds: Sequence[str]) -> set[str]:
+        """Those of ``room_ids`` with a row of these kinds still to be sent (one query)."""
+        if not room_ids:
+            return set()
+        with self.read() as s:
+            q = (
+                select(Outbox.room_id)
+                .where(Outbox.room_id.in_(room_ids), Outbox.state == OutboxState.PENDING)
+                .where(Outbox.kind.in_(kinds))
+                .distinct()
+            )
+            return {r for r in s.scalars(q) if r is not None}
+
     def outbox_pending(self, room_id: str, kinds: Sequence[str]) -> bool:
         """Whether any of the room's rows of these kinds is still to be sent."""
         with self.read() as s:

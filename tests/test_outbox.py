@@ -503,6 +503,40 @@ def test_invitations_whose_joint_render_failed_are_each_rendered_as_they_go(stor
     assert sorted(card.calls[1:]) == [("one", alice), ("one", bob)]
 
 
+def test_a_room_whose_last_invitation_another_replica_sent_is_still_reported(
+    store, slack, monkeypatch
+):
+    """A retried row may be claimed by any replica. When another one sends a room's
+    last invitation, the replica that opened the room (and watches it) still tells
+    its requester how the invitations went, at its next look."""
+    from bot.slack import outbox
+    from tests.conftest import ALICE, wait_for
+
+    monkeypatch.setattr(outbox, "WATCH_RECHECK_S", 0.1)
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    for user in (ALICE, BOB):
+        row = _new_row(user)
+        row.room_id = "roomwatched1"
+        with store.write() as tx:
+            tx.add(row)
+    other = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w14")
+    claimed = store.claim_outbox(other.owner, at=now(), lease=30, limit=10)
+    assert len(claimed) == 2
+    opener = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w15")
+    opener.start()
+    reports: list[list[Outbox]] = []
+    try:
+        opener.watch_room("roomwatched1", reports.append, check=False)
+        for row in claimed:
+            other.send(row)  # the other replica sends both; the opener finishes none
+        wait_for(lambda: reports, timeout=10)
+    finally:
+        opener.stop()
+    (rows,) = reports
+    assert sorted(r.channel for r in rows) == sorted([ALICE, BOB])
+    assert {r.state for r in rows} == {OutboxState.DONE}
+
+
 def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_lease(store, slack):
     """Should the process die between writing and handing over, the lease runs out and
     any replica sends the row, as with a claimed row."""

@@ -43,6 +43,9 @@ SEND_BUDGET_S = SLACK_TIMEOUT_S + 5  # lease a held post must still have at its 
 #: Kinds sent with chat.postMessage, paced per channel (a room's invitations:
 #: its DMs and its card); the rest are chat.update edits.
 NEW_POST_KINDS = ("dm_link", "room_card")
+#: How often the loop looks for watched rooms whose last invitation another
+#: replica sent (a retried row any replica may claim): their requester is told too.
+WATCH_RECHECK_S = 5.0
 FANOUT_KINDS = NEW_POST_KINDS
 
 
@@ -142,6 +145,7 @@ class OutboxWorker:
         # a Slack round trip): not on a sending thread, which a burst of rooms needs.
         self._told = ContextThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-done")
         self._watch_lock = threading.Lock()
+        self._next_recheck = 0.0  # monotonic: when _recheck_watches looks next
         self.on_result = on_result
 
     # -- lifecycle ------------------------------------------------------
@@ -294,6 +298,7 @@ class OutboxWorker:
             try:
                 starved = self._release_held()
                 self.drain_once()
+                self._recheck_watches()
             except Exception:  # the loop must survive a database hiccup
                 log.exception("outbox pass failed")
 
@@ -634,6 +639,28 @@ class OutboxWorker:
             self._sending.discard(row.id)
         if row.room_id:
             self._check_watch(row.room_id)
+
+    def _recheck_watches(self) -> None:
+        """Report watched rooms with nothing left to send, every ``WATCH_RECHECK_S``.
+
+        A room's invitations are handed to this process, and each one it finishes
+        checks the room (``_check_watch``). But a row that is retried goes back
+        to the database, and any replica may claim it: when another one sends a
+        room's last invitation, nothing here would look again, and the requester
+        would never hear how the invitations went. One query for all the rooms.
+        """
+        at = time.monotonic()
+        if at < self._next_recheck:
+            return
+        self._next_recheck = at + WATCH_RECHECK_S
+        with self._watch_lock:
+            rooms = sorted(self._watchers)
+        if not rooms:
+            return
+        busy = self.store.rooms_with_pending(rooms, FANOUT_KINDS)
+        for room_id in rooms:
+            if room_id not in busy:
+                self._check_watch(room_id)
 
     def _check_watch(self, room_id: str) -> None:
         with self._watch_lock:
