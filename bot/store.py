@@ -733,14 +733,7 @@ class Store:
 
     def outbox_pending(self, room_id: str, kinds: Sequence[str]) -> bool:
         """Whether any of the room's rows of these kinds is still to be sent."""
-        with self.read() as s:
-            q = (
-                select(Outbox.id)
-                .where(Outbox.room_id == room_id, Outbox.state == OutboxState.PENDING)
-                .where(Outbox.kind.in_(kinds))
-                .limit(1)
-            )
-            return s.scalar(q) is not None
+        return room_id in self.rooms_with_pending([room_id], kinds)
 
     def pending_outbox_count(self) -> int:
         with self.read() as s:

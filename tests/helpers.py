@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -124,3 +126,19 @@ def sweep_more(*bots: Any, n: int = 2, timeout: float = 30.0) -> None:
 
     target = {id(b): sweeps(b) + n for b in bots}
     wait_for(lambda: all(sweeps(b) >= target[id(b)] for b in bots), timeout=timeout)
+
+
+@contextmanager
+def write_transactions(store: Any) -> Iterator[list[bool]]:
+    """Count the write transactions ``store`` begins inside the block (one entry each)."""
+    writes: list[bool] = []
+
+    def on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("meetbot_write"):
+            writes.append(True)
+
+    sa.event.listen(store.engine, "begin", on_begin)
+    try:
+        yield writes
+    finally:
+        sa.event.remove(store.engine, "begin", on_begin)

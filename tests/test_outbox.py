@@ -659,10 +659,9 @@ def test_a_late_post_records_itself_and_its_channel_s_floor_in_one_transaction(s
     """Every post ends in a write: its outcome, and when it started late, the pacing
     floors it moves for every replica. On SQLite writes take turns, and in a burst
     the writer's lock is busy most of the time: those are one transaction, not two."""
-    from sqlalchemy import event
-
     from bot.sim.ams import ManualClock
     from bot.slack.pacing import CHANNEL_GAP_S
+    from tests.helpers import write_transactions
 
     clock = ManualClock(now())
 
@@ -676,17 +675,8 @@ def test_a_late_post_records_itself_and_its_channel_s_floor_in_one_transaction(s
     w = OutboxWorker(store, gateway, LateCard(), pacer, workers=1, owner="w16", lease=30)
     add_row(store, BOB)
     (row,) = store.claim_outbox("w16", at=now(), lease=30, limit=1)
-    writes: list[bool] = []
-
-    def on_begin(conn) -> None:
-        if conn.get_execution_options().get("meetbot_write"):
-            writes.append(True)
-
-    event.listen(store.engine, "begin", on_begin)
-    try:
+    with write_transactions(store) as writes:
         w.send(row)
-    finally:
-        event.remove(store.engine, "begin", on_begin)
     assert len(slack.dms_to(BOB)) == 1
     assert len(writes) == 2  # the post's slot, then its outcome with the floors it moved
     # Another replica's next post to BOB keeps Slack's second after this one's count.

@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.rooms.links import Links
 from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
 from tests.conftest import ALICE, BOB, CAROL, STREAM_SECRET
+from tests.helpers import write_transactions
 
 TOKEN_RE = re.compile(r"token=([A-Za-z0-9_.-]+)")
 
@@ -125,7 +126,7 @@ def test_the_first_render_of_a_room_s_click_time_links_records_their_hashes_in_o
     """With MEETBOT_PUBLIC_URL each DM carries ``/join/<id>`` and the database keeps
     sha256(id) to find its grant. A room's DMs rendered together record those hashes
     in one transaction, not one each; every link then finds its own grant."""
-    from sqlalchemy import event, select
+    from sqlalchemy import select
 
     from bot.rooms.links import derive_key, link_hash, lookup
 
@@ -141,18 +142,9 @@ def test_the_first_render_of_a_room_s_click_time_links_records_their_hashes_in_o
     )
     links = Links(settings, store, StaticSecret(STREAM_SECRET))
     rows = _room(store, "roompublic01", [ALICE, BOB, CAROL], revoked=[CAROL])
-    writes: list[bool] = []
-
-    def on_begin(conn) -> None:
-        if conn.get_execution_options().get("meetbot_write"):
-            writes.append(True)
-
-    event.listen(store.engine, "begin", on_begin)
-    try:
+    with write_transactions(store) as writes:
         rendered = links.render_many(rows)
         again = links.render_many(rows)  # hashes recorded: nothing more to write
-    finally:
-        event.remove(store.engine, "begin", on_begin)
     assert len(writes) == 1
     assert [_without_tokens(r) for r in again] == [_without_tokens(r) for r in rendered]
     ids = [

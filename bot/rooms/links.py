@@ -272,10 +272,7 @@ class Links:
 
     def render(self, row: Outbox) -> Rendered | None:
         """Turn an outbox row into the message to send now, from current state."""
-        with self.store.read() as s:
-            room = s.get(Room, row.room_id) if row.room_id else None
-            grant = s.get(Grant, row.grant_id) if row.grant_id else None
-        return self._compose(row, room, grant)
+        return self.render_many([row])[0]
 
     def render_many(self, rows: Sequence[Outbox]) -> list[Rendered | None]:
         """:meth:`render` for several rows (a room's invitations), from one read.

@@ -1061,13 +1061,13 @@ class Rooms:
             return
         try:
             room = self.store.room(room_id)
-            if room is None:
-                return
-            grants = self.store.grants_of(room_id, include_revoked=True)
-            users = list(dict.fromkeys([room.owner_id, *(g.user_id for g in grants)]))
-            self.on_change(room.team_id, users, room.enterprise_id)
+            grants = self.store.grants_of(room_id, include_revoked=True) if room else []
         except Exception:
-            log.exception("on_change hook failed for room %s", room_id)
+            log.exception("could not read whose App Homes room %s changes", room_id)
+            return
+        if room is not None:
+            users = [room.owner_id, *(g.user_id for g in grants)]
+            self.homes_changed(room.team_id, users, room.enterprise_id)
 
     def homes_changed(self, team_id: str, users: list[str], enterprise_id: str | None) -> None:
         """Call ``on_change`` for these people; never raises (as :meth:`room_changed`)."""
@@ -1080,13 +1080,8 @@ class Rooms:
 
     def _people_changed(self, people: People) -> None:
         """``on_change`` once per workspace for many rooms (team → users); never raises."""
-        if self.on_change is None:
-            return
         for (team_id, org), users in people.items():
-            try:
-                self.on_change(team_id, list(users), org)
-            except Exception:
-                log.exception("on_change hook failed for %d people", len(users))
+            self.homes_changed(team_id, list(users), org)
 
     def event(self, name: str) -> None:
         """Count ``name`` ("created", "revoked", "failed") through ``on_event`` (metrics)."""

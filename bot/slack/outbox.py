@@ -660,14 +660,16 @@ class OutboxWorker:
         busy = self.store.rooms_with_pending(rooms, FANOUT_KINDS)
         for room_id in rooms:
             if room_id not in busy:
-                self._check_watch(room_id)
+                self._check_watch(room_id, idle=True)
 
-    def _check_watch(self, room_id: str) -> None:
+    def _check_watch(self, room_id: str, *, idle: bool = False) -> None:
+        """Report the room to its watcher if none of its invitations is pending
+        (``idle``: known to be so already)."""
         with self._watch_lock:
             cb = self._watchers.get(room_id)
         if cb is None:
             return  # nobody waits on this room: no query
-        if self.store.outbox_pending(room_id, FANOUT_KINDS):
+        if not idle and self.store.outbox_pending(room_id, FANOUT_KINDS):
             return
         with self._watch_lock:
             if self._watchers.pop(room_id, None) is None:
