@@ -421,9 +421,12 @@ class HandOverCard(Card):
         return [self._one(r) for r in rows]
 
 
-def _hand_over(store, worker, channels):
-    """Write DMs to ``channels`` leased to ``worker`` and hand them over; their ids."""
+def _hand_over(store, worker, channels, room_id=None):
+    """Write DMs to ``channels`` (of ``room_id``) leased to ``worker`` and hand them
+    over; their ids."""
     rows = [_new_row(c) for c in channels]
+    for r in rows:
+        r.room_id = room_id
     with store.write() as tx:
         handover = worker.lease_new(rows, at=now(), tx=tx)
         tx.add_all(rows)
@@ -535,6 +538,79 @@ def test_a_room_whose_last_invitation_another_replica_sent_is_still_reported(
     (rows,) = reports
     assert sorted(r.channel for r in rows) == sorted([ALICE, BOB])
     assert {r.state for r in rows} == {OutboxState.DONE}
+
+
+def _pending_looks(store, monkeypatch, room_id):
+    """Count the database looks at whether ``room_id`` still has invitations to send."""
+    looks: list[int] = []
+    real = store.rooms_with_pending
+
+    def counted(room_ids, kinds):
+        if room_id in room_ids:
+            looks.append(1)
+        return real(room_ids, kinds)
+
+    monkeypatch.setattr(store, "rooms_with_pending", counted)
+    return looks
+
+
+def test_a_room_whose_invitations_were_all_sent_here_is_reported_after_one_look(
+    store, slack, monkeypatch
+):
+    """The opener knows which invitations it was handed: until the last of them is
+    sent it needs no query to know the room is not done. One look, one report."""
+    from tests.conftest import ALICE, DAVE, wait_for
+
+    looks = _pending_looks(store, monkeypatch, "roomfour0001")
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=4, owner="w16")
+    w.start()
+    reports: list[list[Outbox]] = []
+    try:
+        w.watch_room("roomfour0001", reports.append, check=False)
+        _hand_over(store, w, [ALICE, BOB, CAROL, DAVE], room_id="roomfour0001")
+        wait_for(lambda: reports, timeout=10)
+    finally:
+        w.stop()
+    (rows,) = reports
+    assert sorted(r.channel for r in rows) == sorted([ALICE, BOB, CAROL, DAVE])
+    assert {r.state for r in rows} == {OutboxState.DONE}
+    assert len(looks) == 1
+
+
+def test_a_room_whose_retried_invitation_another_replica_sent_is_reported(
+    store, slack, monkeypatch
+):
+    """An invitation that goes back to the database for a retry is no longer one the
+    opener knows it will finish: any replica may send it. Once another one has, the
+    opener still tells the requester, with every invitation sent."""
+    from tests.conftest import ALICE, wait_for
+
+    monkeypatch.setattr("bot.slack.outbox.WATCH_RECHECK_S", 0.1)
+    slack.fail("chat.postMessage", "internal_error", status=500, channel=BOB, times=1)
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=2, owner="w17", poll_interval=0.1
+    )
+    other = OutboxWorker(store, gateway, Card(), Pacer(store, cap=CAP), workers=1, owner="w18")
+    w.start()
+    reports: list[list[Outbox]] = []
+    try:
+        w.watch_room("roomretry001", reports.append, check=False)
+        _hand_over(store, w, [ALICE, BOB], room_id="roomretry001")
+        wait_for(
+            lambda: {r.state for r in _all(store)} == {OutboxState.DONE, OutboxState.PENDING},
+            timeout=10,
+        )
+        wait_for(lambda: all(r.lease_owner is None for r in _all(store)), timeout=10)
+        assert reports == []  # Bob's invitation is still to go
+        drain(other, store)  # due in two seconds; the other replica takes it now
+        wait_for(lambda: reports, timeout=10)
+    finally:
+        w.stop()
+    (rows,) = reports
+    assert {r.channel: r.state for r in rows} == {ALICE: OutboxState.DONE, BOB: OutboxState.DONE}
+    assert len(slack.dms_to(BOB)) == 1
 
 
 def test_rows_leased_to_a_worker_that_dies_before_sending_are_claimed_after_the_lease(store, slack):

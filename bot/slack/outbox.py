@@ -141,6 +141,10 @@ class OutboxWorker:
         self._sending_lock = threading.Lock()
         self._held_lock = threading.Lock()
         self._watchers: dict[str, Callable[[list[Outbox]], None]] = {}
+        # Per watched room, the ids of its invitations handed over here (adopt) and
+        # not finished here yet: until the last of them, finishing one needs no look
+        # at the database to know the room still has invitations to send.
+        self._unfinished: dict[str, set[int]] = {}
         # A watcher tells a requester how the invitations went (a response_url POST,
         # a Slack round trip): not on a sending thread, which a burst of rooms needs.
         self._told = ContextThreadPoolExecutor(max_workers=2, thread_name_prefix="outbox-done")
@@ -211,6 +215,10 @@ class OutboxWorker:
         are rendered when they go, from the state then.
         """
         rows, slots = handover.rows, handover.slots
+        with self._watch_lock:
+            for r in rows:
+                if r.room_id in self._watchers and r.kind in FANOUT_KINDS:
+                    self._unfinished.setdefault(r.room_id, set()).add(r.id)
         if slots is None:
             posts = [r for r in rows if r.kind in NEW_POST_KINDS]
             try:
@@ -565,6 +573,7 @@ class OutboxWorker:
             row.lease_until = until
             return True
         log.info("outbox row %s outwaited its lease and was claimed again: not sent here", row.id)
+        self._not_ours_to_finish(row)
         return False
 
     def _failed(self, row: Outbox, e: SlackSendError, *, posted: bool = True) -> None:
@@ -613,6 +622,7 @@ class OutboxWorker:
         )
         with self._sending_lock:
             self._sending.discard(row.id)
+        self._not_ours_to_finish(row)
 
     def _retry_at(self, row: Outbox, at: int, error: str, *, unknown: bool = False) -> None:
         """Back to the database, due again at unix second ``at``.
@@ -632,13 +642,24 @@ class OutboxWorker:
         )
         with self._sending_lock:
             self._sending.discard(row.id)
+        self._not_ours_to_finish(row)
 
     def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
         self.store.finish_outbox(row.id, self.owner, state=state, lease=row.lease_until, **kw)
         with self._sending_lock:
             self._sending.discard(row.id)
         if row.room_id:
-            self._check_watch(row.room_id)
+            self._check_watch(row.room_id, finished=row.id)
+
+    def _not_ours_to_finish(self, row: Outbox) -> None:
+        """A handed-over row went back to the database (a retry, a paced post put off,
+        a copy given up): any replica may finish it, so the rooms' other rows
+        finishing here look at the database again (and the loop's look,
+        ``_recheck_watches``, finds it sent elsewhere)."""
+        with self._watch_lock:
+            unfinished = self._unfinished.get(row.room_id or "")
+            if unfinished is not None:
+                unfinished.discard(row.id)
 
     def _recheck_watches(self) -> None:
         """Report watched rooms with nothing left to send, every ``WATCH_RECHECK_S``.
@@ -654,7 +675,8 @@ class OutboxWorker:
             return
         self._next_recheck = at + WATCH_RECHECK_S
         with self._watch_lock:
-            rooms = sorted(self._watchers)
+            # A room with an invitation this process holds is not done: no need to ask.
+            rooms = sorted(r for r in self._watchers if not self._unfinished.get(r))
         if not rooms:
             return
         busy = self.store.rooms_with_pending(rooms, FANOUT_KINDS)
@@ -662,16 +684,27 @@ class OutboxWorker:
             if room_id not in busy:
                 self._check_watch(room_id, idle=True)
 
-    def _check_watch(self, room_id: str, *, idle: bool = False) -> None:
+    def _check_watch(
+        self, room_id: str, *, idle: bool = False, finished: int | None = None
+    ) -> None:
         """Report the room to its watcher if none of its invitations is pending
-        (``idle``: known to be so already)."""
+        (``idle``: known to be so already). ``finished``: the row this process just
+        finished; while other invitations handed over here are unfinished, the
+        room is not done, and no query is needed to know it (one per room, not
+        one per message: a query is a millisecond of a post's dozen)."""
         with self._watch_lock:
             cb = self._watchers.get(room_id)
-        if cb is None:
-            return  # nobody waits on this room: no query
+            if cb is None:
+                return  # nobody waits on this room: no query
+            unfinished = self._unfinished.get(room_id)
+            if unfinished is not None and finished is not None:
+                unfinished.discard(finished)
+                if unfinished:
+                    return
         if not idle and self.store.outbox_pending(room_id, FANOUT_KINDS):
             return
         with self._watch_lock:
+            self._unfinished.pop(room_id, None)
             if self._watchers.pop(room_id, None) is None:
                 return  # another thread reported it
         rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
