@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     create_engine,
     event,
@@ -400,6 +401,55 @@ def now() -> int:
     return int(time.time())
 
 
+# Statements run for every message sent, built once. Building a statement (and
+# the key SQLAlchemy finds its compiled form by) costs more than running it: a
+# send's record took 2.0 ms of CPU built each time, 0.6 ms built once.
+_RECORD_OUTCOME = (
+    update(Outbox)
+    .where(Outbox.id == bindparam("row_id"), Outbox.lease_owner == bindparam("owner"))
+    .where(Outbox.lease_until == bindparam("lease"))
+    .values(
+        lease_owner=None,
+        lease_until=None,
+        state=bindparam("new_state"),
+        result_channel=bindparam("new_channel"),
+        result_ts=bindparam("new_ts"),
+        error=bindparam("new_error"),
+        done_at=bindparam("new_done_at"),
+    )
+    .returning(
+        Outbox.kind,
+        Outbox.room_id,
+        Outbox.grant_id,
+        Outbox.team_id,
+        Outbox.enterprise_id,
+        Outbox.channel,
+    )
+)
+_DM_LANDED = (
+    update(Grant)
+    .where(Grant.id == bindparam("grant_id"))
+    .values(dm_channel=bindparam("new_channel"), dm_ts=bindparam("new_ts"))
+)
+_CARD_LANDED = (
+    update(Room).where(Room.id == bindparam("room_id")).values(channel_ts=bindparam("new_ts"))
+)
+_ROOM_STATE = select(Room.state).where(Room.id == bindparam("room_id"))
+_ROOMS_PENDING = (
+    select(Outbox.room_id)
+    .where(Outbox.room_id.in_(bindparam("rooms", expanding=True)))
+    .where(Outbox.state == OutboxState.PENDING, Outbox.kind.in_(bindparam("kinds", expanding=True)))
+    .distinct()
+)
+# Run for every /meet.
+_OPEN_ROOMS_OF = select(func.count()).where(
+    Room.team_id == bindparam("team_id"),
+    Room.owner_id == bindparam("user_id"),
+    Room.state.in_(RoomState.OPEN),
+)
+_ROOM_OUTBOX = select(Outbox).where(Outbox.room_id == bindparam("room_id")).order_by(Outbox.id)
+
+
 class Store:
     """Sessions and queries. ``write()`` for anything that changes rows."""
 
@@ -602,10 +652,7 @@ class Store:
         s.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
     def count_open_rooms(self, s: Session, team_id: str, user_id: str) -> int:
-        q = select(func.count()).where(
-            Room.team_id == team_id, Room.owner_id == user_id, Room.state.in_(RoomState.OPEN)
-        )
-        return int(s.scalar(q) or 0)
+        return int(s.scalar(_OPEN_ROOMS_OF, {"team_id": team_id, "user_id": user_id}) or 0)
 
     def grants_of(self, room_id: str, *, include_revoked: bool = False) -> list[Grant]:
         with self.read() as s:
@@ -715,21 +762,15 @@ class Store:
 
     def outbox_rows(self, room_id: str) -> list[Outbox]:
         with self.read() as s:
-            q = select(Outbox).where(Outbox.room_id == room_id).order_by(Outbox.id)
-            return list(s.scalars(q))
+            return list(s.scalars(_ROOM_OUTBOX, {"room_id": room_id}))
 
     def rooms_with_pending(self, room_ids: Sequence[str], kinds: Sequence[str]) -> set[str]:
         """Those of ``room_ids`` with a row of these kinds still to be sent (one query)."""
         if not room_ids:
             return set()
         with self.read() as s:
-            q = (
-                select(Outbox.room_id)
-                .where(Outbox.room_id.in_(room_ids), Outbox.state == OutboxState.PENDING)
-                .where(Outbox.kind.in_(kinds))
-                .distinct()
-            )
-            return {r for r in s.scalars(q) if r is not None}
+            found = s.scalars(_ROOMS_PENDING, {"rooms": list(room_ids), "kinds": list(kinds)})
+            return {r for r in found if r is not None}
 
     def outbox_pending(self, room_id: str, kinds: Sequence[str]) -> bool:
         """Whether any of the room's rows of these kinds is still to be sent."""
@@ -746,77 +787,89 @@ class Store:
         owner: str,
         *,
         state: str,
+        lease: int,
         channel: str | None = None,
         ts: str | None = None,
         error: str | None = None,
-        retry_at: int | None = None,
-        settled: int | None = None,
-        tried: bool = True,
-        lease: int | None = None,
         also: Callable[[Session], None] | None = None,
     ) -> bool:
-        """Record how a send ended; False when our lease was lost meanwhile.
+        """Record how a send ended (``state``: done or failed); False when the lease
+        the send held (``lease``, the row's ``lease_until``) was lost meanwhile: a
+        row claimed again since, even by the same owner, is not this send's to record.
 
-        ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
-        ``tried=False``: the claim sent nothing (a post put off until its paced
-        slot), so it is not counted as an attempt. ``lease``: the lease the send
-        held (``lease_until``); a row claimed again since, even by the same owner,
-        is then not this send's to record. ``also(session)`` runs first in the same
-        transaction, whatever the row's fate (the Slack pacing floors the post moved:
-        the post happened either way).
+        ``also(session)`` runs first in the same transaction, whatever the row's fate
+        (the Slack pacing floors the post moved: the post happened either way).
         """
-        values: dict[str, Any] = {
-            "lease_owner": None,
-            "lease_until": None,
-            "error": error[:200] if error else None,
-        }
-        if settled is not None:
-            values["settled_attempts"] = settled
-        if not tried:
-            values["attempts"] = case((Outbox.attempts > 0, Outbox.attempts - 1), else_=0)
-        if retry_at is not None:
-            values["not_before"] = retry_at
-        else:
-            values.update(state=state, result_channel=channel, result_ts=ts, done_at=now())
-        mine = [Outbox.id == row_id, Outbox.lease_owner == owner]
-        if lease is not None:
-            mine.append(Outbox.lease_until == lease)
-        # Plain statements on the session's connection, not the ORM's load-then-flush
-        # or its bulk-update machinery: this runs once per message sent.
         with self.write() as s:
             if also is not None:
                 also(s)
             c = s.connection()
             row = c.execute(
-                update(Outbox)
-                .where(*mine)
-                .values(**values)
-                .returning(
-                    Outbox.kind,
-                    Outbox.room_id,
-                    Outbox.grant_id,
-                    Outbox.team_id,
-                    Outbox.enterprise_id,
-                    Outbox.channel,
-                )
+                _RECORD_OUTCOME,
+                {
+                    "row_id": row_id,
+                    "owner": owner,
+                    "lease": lease,
+                    "new_state": state,
+                    "new_channel": channel,
+                    "new_ts": ts,
+                    "new_error": error[:200] if error else None,
+                    "new_done_at": now(),
+                },
             ).first()
             if row is None:
                 return False
-            if retry_at is not None or state != OutboxState.DONE:
+            if state != OutboxState.DONE:
                 return True
             # Remember where the message landed, in the same transaction, so a
             # later edit (room ended, link re-issued) can find it.
             if row.kind == "dm_link" and row.grant_id is not None:
                 c.execute(
-                    update(Grant)
-                    .where(Grant.id == row.grant_id)
-                    .values(dm_channel=channel, dm_ts=ts)
+                    _DM_LANDED, {"grant_id": row.grant_id, "new_channel": channel, "new_ts": ts}
                 )
                 self._edit_if_ended(s, row, "dm_update", channel or row.channel)
             elif row.kind == "room_card" and row.room_id:
-                c.execute(update(Room).where(Room.id == row.room_id).values(channel_ts=ts))
+                c.execute(_CARD_LANDED, {"room_id": row.room_id, "new_ts": ts})
                 self._edit_if_ended(s, row, "card_update", row.channel)
             return True
+
+    def retry_outbox(
+        self,
+        row_id: int,
+        owner: str,
+        *,
+        at: int,
+        lease: int,
+        error: str,
+        settled: int | None = None,
+        tried: bool = True,
+    ) -> bool:
+        """Put a row back, due again at unix second ``at``; False when the lease the
+        send held (``lease``) was lost meanwhile.
+
+        ``settled``: how many attempts now have a known outcome (``Outbox.settled_attempts``).
+        ``tried=False``: the claim sent nothing (a post put off until its paced
+        slot), so it is not counted as an attempt.
+        """
+        values: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_until": None,
+            "error": error[:200],
+            "not_before": at,
+        }
+        if settled is not None:
+            values["settled_attempts"] = settled
+        if not tried:
+            values["attempts"] = case((Outbox.attempts > 0, Outbox.attempts - 1), else_=0)
+        with self.write() as s:
+            return bool(
+                s.execute(
+                    update(Outbox)
+                    .where(Outbox.id == row_id, Outbox.lease_owner == owner)
+                    .where(Outbox.lease_until == lease)
+                    .values(**values)
+                ).rowcount
+            )
 
     @staticmethod
     def _edit_if_ended(s: Session, row: Any, kind: str, channel: str) -> None:
@@ -827,7 +880,7 @@ class Store:
         ``enterprise_id`` and ``channel``."""
         if not row.room_id:
             return
-        state = s.connection().scalar(select(Room.state).where(Room.id == row.room_id))
+        state = s.connection().scalar(_ROOM_STATE, {"room_id": row.room_id})
         if state != RoomState.REVOKED:
             return
         s.add(

@@ -42,7 +42,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from bot.ams.stream_secret import SecretSource
 from bot.config import Settings
@@ -72,6 +72,11 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{43}", re.ASCII)
 _USER_RE = re.compile(r"[UW][A-Z0-9]{1,31}", re.ASCII)
 _SUFFIX_RE = re.compile(r"[0-9a-f]{24}", re.ASCII)
 _warned_no_key = threading.Event()
+
+# What rendering reads, built once: for a DM, building these two statements cost
+# more than reading them (see ``bot.store._RECORD_OUTCOME``).
+_ROOMS = select(Room).where(Room.id.in_(bindparam("ids", expanding=True)))
+_GRANTS = select(Grant).where(Grant.id.in_(bindparam("ids", expanding=True)))
 
 
 # -- ids ----------------------------------------------------------------------
@@ -281,11 +286,11 @@ class Links:
         their room and grants once, not twice per message, is most of what
         rendering them costs.
         """
-        room_ids = {r.room_id for r in rows if r.room_id}
-        grant_ids = {r.grant_id for r in rows if r.grant_id}
+        room_ids = sorted({r.room_id for r in rows if r.room_id})
+        grant_ids = sorted({r.grant_id for r in rows if r.grant_id})
         with self.store.read() as s:
-            rooms = {room.id: room for room in s.scalars(select(Room).where(Room.id.in_(room_ids)))}
-            grants = {g.id: g for g in s.scalars(select(Grant).where(Grant.id.in_(grant_ids)))}
+            rooms = {room.id: room for room in s.scalars(_ROOMS, {"ids": room_ids})}
+            grants = {g.id: g for g in s.scalars(_GRANTS, {"ids": grant_ids})} if grant_ids else {}
         self._record_link_hashes(list(grants.values()))
         return [
             self._compose(

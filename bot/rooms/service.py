@@ -378,8 +378,10 @@ class Rooms:
         version, _ = self.secrets.current()
         t = self.now()
         with self.store.write() as tx:
-            row = tx.get(Room, room.id)
-            assert row is not None
+            # The room as written in _create (committed, detached), taken back into this
+            # transaction rather than read again: only its state changes.
+            row = room
+            tx.add(row)
             row.state = RoomState.ACTIVE
             grants = [
                 new_grant(

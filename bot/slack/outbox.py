@@ -611,14 +611,8 @@ class OutboxWorker:
         channel's history first).
         """
         due = math.floor(slot - self.poll_interval) - 1
-        self.store.finish_outbox(
-            row.id,
-            self.owner,
-            state=OutboxState.PENDING,
-            error="paced",
-            retry_at=due,
-            tried=False,
-            lease=row.lease_until,
+        self.store.retry_outbox(
+            row.id, self.owner, at=due, lease=row.lease_until, error="paced", tried=False
         )
         with self._sending_lock:
             self._sending.discard(row.id)
@@ -631,14 +625,8 @@ class OutboxWorker:
         (Slack answered, or nothing was sent) and counts as settled.
         """
         settled = (row.settled_attempts or 0) + (0 if unknown else 1)
-        self.store.finish_outbox(
-            row.id,
-            self.owner,
-            state=OutboxState.PENDING,
-            error=error,
-            retry_at=at,
-            settled=settled,
-            lease=row.lease_until,
+        self.store.retry_outbox(
+            row.id, self.owner, at=at, lease=row.lease_until, error=error, settled=settled
         )
         with self._sending_lock:
             self._sending.discard(row.id)

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from bot.leases import insert_ignore
@@ -68,6 +68,20 @@ TRUSTED_ROUND_TRIPS = 5
 MAX_TURN_WAIT_S = 30.0
 #: Channels whose next turn is remembered before the past ones are forgotten.
 TURNS_KEPT = 1024
+
+# Run for every post, built once (see ``bot.store._RECORD_OUTCOME``).
+_LOCK_KEYS = (
+    select(SlackPace)
+    .where(SlackPace.key.in_(bindparam("keys", expanding=True)))
+    .order_by(SlackPace.key)  # one lock order for every replica
+    .with_for_update()
+)
+_FLOORS = select(SlackPace.floor_at).where(SlackPace.key.in_(bindparam("keys", expanding=True)))
+_RAISE_FLOOR = (
+    update(SlackPace)
+    .where(SlackPace.key == bindparam("pace_key"), SlackPace.floor_at < bindparam("floor"))
+    .values(floor_at=bindparam("floor"))
+)
 
 
 @dataclass(frozen=True)
@@ -150,13 +164,7 @@ class Pacer:
             seq = rows[ws].seq
             count = min(self.posts, sum(1 for t, _ in posts if t == team))
             wanted.update(f"{ws}:{(seq + i) % self.posts}" for i in range(count))
-        q = (
-            select(SlackPace)
-            .where(SlackPace.key.in_(sorted(wanted)))
-            .order_by(SlackPace.key)
-            .with_for_update()
-        )
-        return {r.key: r for r in s.scalars(q)}
+        return {r.key: r for r in s.scalars(_LOCK_KEYS, {"keys": sorted(wanted)})}
 
     def _reserve_in(
         self,
@@ -197,7 +205,7 @@ class Pacer:
         channel's floor and its ring slot's (the post N before it may have ended late)."""
         keys = [_channel_key(slot.team, slot.channel), *([slot.ring] if slot.ring else [])]
         with self.store.read() as s:
-            floors = s.scalars(select(SlackPace.floor_at).where(SlackPace.key.in_(keys)))
+            floors = s.scalars(_FLOORS, {"keys": keys})
             floor = max(floors, default=0.0)
         return max(0.0, floor - self.clock())
 
@@ -351,13 +359,7 @@ class Pacer:
         """The rows of ``keys``, locked (made first if missing: replicas race to)."""
 
         def lock() -> dict[str, SlackPace]:
-            q = (
-                select(SlackPace)
-                .where(SlackPace.key.in_(keys))
-                .order_by(SlackPace.key)  # one lock order for every replica
-                .with_for_update()
-            )
-            return {r.key: r for r in s.scalars(q)}
+            return {r.key: r for r in s.scalars(_LOCK_KEYS, {"keys": sorted(keys)})}
 
         self._ensure(s, *keys)
         rows = lock()
@@ -391,12 +393,10 @@ class Pacer:
                 self.raise_floors(floors, tx)
             return
         self._ensure(s, *floors)
-        for key, floor in sorted(floors.items()):  # one lock order for every replica
-            s.execute(
-                update(SlackPace)
-                .where(SlackPace.key == key, SlackPace.floor_at < floor)
-                .values(floor_at=floor)
-            )
+        # One statement for every key, in one lock order for every replica.
+        s.connection().execute(
+            _RAISE_FLOOR, [{"pace_key": k, "floor": f} for k, f in sorted(floors.items())]
+        )
         # Once committed; should ``s`` roll back, a key taken for made is made again
         # when found missing (``_locked``).
         self._known.update(floors)
