@@ -1,4 +1,4 @@
-"""SlackGateway's reads against the Slack double: users.info, asked once per person."""
+"""SlackGateway against the Slack double: users.info asked once per person, replies."""
 
 from __future__ import annotations
 
@@ -56,3 +56,24 @@ def test_a_lookup_pool_is_not_taken_by_waiters(slack):
         asked = [gateway.ask_user(BOB, pool) for _ in range(10)] + [gateway.ask_user(CAROL, pool)]
         assert [f.result(timeout=10).id for f in asked] == [BOB] * 10 + [CAROL]
     assert len(slack.calls_to("users.info")) == 2
+
+
+def test_replies_to_a_response_url_follow_the_environment_s_proxy_settings(slack, monkeypatch):
+    """An admin behind a proxy sets HTTP(S)_PROXY, and NO_PROXY for what bypasses it:
+    the replies to a /meet follow them, as requests does by default (they are read
+    once per host, not once per reply)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]  # a proxy that is not there: nothing listens
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{nobody}")
+    url = slack.make_response_url("proxied")
+    assert SlackGateway(BOT_TOKEN, slack.api_url).respond(url, "via the proxy") is False
+    assert slack.responses["proxied"] == []
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert SlackGateway(BOT_TOKEN, slack.api_url).respond(url, "straight to Slack") is True
+    assert [r["text"] for r in slack.responses["proxied"]] == ["straight to Slack"]
