@@ -772,10 +772,6 @@ class Store:
             found = s.scalars(_ROOMS_PENDING, {"rooms": list(room_ids), "kinds": list(kinds)})
             return {r for r in found if r is not None}
 
-    def outbox_pending(self, room_id: str, kinds: Sequence[str]) -> bool:
-        """Whether any of the room's rows of these kinds is still to be sent."""
-        return room_id in self.rooms_with_pending([room_id], kinds)
-
     def pending_outbox_count(self) -> int:
         with self.read() as s:
             q = select(func.count()).where(Outbox.state == OutboxState.PENDING)

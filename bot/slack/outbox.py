@@ -689,13 +689,14 @@ class OutboxWorker:
                 unfinished.discard(finished)
                 if unfinished:
                     return
-        if not idle and self.store.outbox_pending(room_id, FANOUT_KINDS):
+        # One read: whether any is pending, and what to report if none is.
+        rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
+        if not idle and any(r.state == OutboxState.PENDING for r in rows):
             return
         with self._watch_lock:
             self._unfinished.pop(room_id, None)
             if self._watchers.pop(room_id, None) is None:
                 return  # another thread reported it
-        rows = [r for r in self.store.outbox_rows(room_id) if r.kind in FANOUT_KINDS]
         self._told.submit(self._tell, cb, rows, room_id)
 
     @staticmethod
