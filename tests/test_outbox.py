@@ -162,6 +162,58 @@ def test_paced_posts_wait_off_the_workers_and_keep_to_the_channel_limit(store, s
     assert times[-1] - times[0] < 2.5  # at their slots, not a whole poll or second later
 
 
+def test_a_post_that_waited_for_a_worker_goes_at_its_slot_not_a_wait_later(store, slack):
+    """A room's posts reserve their slots as they are written. One that then waits for
+    a free worker (a burst) goes at its slot, not at its slot plus that wait."""
+    from bot.slack.pacing import Pacer as PacerClass
+    from tests.conftest import wait_for
+
+    slack.latency = 1.0  # the only worker is busy with Carol's post for a second
+    pacer = PacerClass(store, cap=CAP)
+    pacer.reserve("T0001", BOB, horizon=5)  # Bob's channel: the next slot is a gap away
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), pacer, workers=1, owner="w19", poll_interval=0.1)
+    w.start()
+    try:
+        written = slack.clock()  # the double's clock, which counts the posts
+        _hand_over(store, w, [CAROL, BOB])  # Bob's slot about 1.01 s after this
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1, timeout=10)
+    finally:
+        w.stop()
+    (bob,) = counted_at(slack, BOB)
+    # Its slot (1.01 s) and Slack's second: 2 s. Waiting its whole reserved wait again
+    # once the worker is free (after Carol's second) would make it 3 s.
+    assert bob - written < 2.6
+
+
+def test_a_held_post_whose_channel_floor_moved_waits_off_the_workers(store, slack):
+    """A post held for its slot finds, when it comes, that its channel's floor moved
+    (the post before it ended late, here or on another replica). It waits again in
+    memory: the sending thread goes to the posts that can leave now."""
+    from bot.slack.pacing import _channel_key
+    from tests.conftest import wait_for
+
+    pacer = Pacer(store, cap=CAP)
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(store, gateway, Card(), pacer, workers=1, owner="w20", poll_interval=0.1)
+    w.start()
+    try:
+        _hand_over(store, w, [BOB, BOB])  # the second is held for a slot a gap later
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1, timeout=5)
+        first = counted_at(slack, BOB)[0]
+        # Another replica's late post moves Bob's channel floor past the held slot.
+        pacer.raise_floors({_channel_key("T0001", BOB): pacer.clock() + 2.5})
+        wait_for(lambda: slack.clock() > first + 1.2, timeout=5)  # the held slot has come
+        add_row(store, CAROL)
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(CAROL)) == 1, timeout=0.8)
+        assert len(slack.dms_to(BOB)) == 1  # still waiting for the floor
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
+    finally:
+        w.stop()
+    assert slack.ratelimited_count == 0
+
+
 class CountingCard(Card):
     """``Card``, noting which rows it rendered and when they were sent after."""
 

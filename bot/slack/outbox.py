@@ -525,26 +525,35 @@ class OutboxWorker:
         (``_hold``, the worker thread is freed) while the row's lease covers it;
         beyond that nothing is reserved and the row goes back to the database
         until then. ``held``: the row was held and its slot has come; it still
-        waits out a floor another post's end may have set meanwhile.
+        waits out a floor another post's end may have set meanwhile. Either
+        way it also waits for this process's turn at the channel
+        (``Pacer.until_turn``: the post before it ended late).
+
+        Waits are counted from now: a post reserved as it was written may have
+        waited for a free worker since, and in a burst of rooms every sending
+        thread asleep on a channel's slot is one the other posts cannot have.
         """
         if held is not None:
+            slot: Slot | None = held
             wait = self.pacer.until_floor(held)
             if wait > MAX_INLINE_WAIT_S:
                 self._put_back(row, self.pacer.clock() + wait)
                 return None
-            if wait > 0:
-                time.sleep(wait)
-            return held
-        if reserved is not None:
-            slot, wait = reserved
+        elif reserved is not None and reserved[0] is not None:
+            slot = reserved[0]  # reserved when the row was written
+            wait = slot.start - self.pacer.clock()
         else:
-            horizon = MAX_INLINE_WAIT_S
-            if may_hold:
-                horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
-            slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
-        if slot is None:
-            self._put_back(row, self.pacer.clock() + wait)
-            return None
+            if reserved is not None:
+                slot, wait = reserved
+            else:
+                horizon = MAX_INLINE_WAIT_S
+                if may_hold:
+                    horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
+                slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
+            if slot is None:
+                self._put_back(row, self.pacer.clock() + wait)
+                return None
+        wait = max(wait, self.pacer.until_turn(slot))
         if wait > INLINE_SLEEP_S and may_hold:
             self._hold(row, time.monotonic() + wait, slot)
             return None

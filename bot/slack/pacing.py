@@ -209,6 +209,13 @@ class Pacer:
             floor = max(floors, default=0.0)
         return max(0.0, floor - self.clock())
 
+    def until_turn(self, slot: Slot) -> float:
+        """Seconds until this process's next post to ``slot``'s channel may start
+        (:meth:`turn`: after its previous one there ended late); 0 when now."""
+        key = _channel_key(slot.team, slot.channel)
+        with self._turns:
+            return max(0.0, self._next_turn.get(key, 0.0) - self.clock())
+
     @contextmanager
     def turn(self, slot: Slot) -> Iterator[None]:
         """Hold ``slot``'s channel for one post by this process, waiting for it first.
