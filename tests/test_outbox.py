@@ -206,7 +206,7 @@ def test_a_held_post_whose_channel_floor_moved_waits_off_the_workers(store, slac
         wait_for(lambda: slack.clock() > first + 1.2, timeout=5)  # the held slot has come
         add_row(store, CAROL)
         w.kick()
-        wait_for(lambda: len(slack.dms_to(CAROL)) == 1, timeout=0.8)
+        wait_for(lambda: len(slack.dms_to(CAROL)) == 1, timeout=1.0)
         assert len(slack.dms_to(BOB)) == 1  # still waiting for the floor
         wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
     finally:
