@@ -654,8 +654,17 @@ def fire(
         "bodies": list(bodies),
         "offsets": None if offsets is None else list(offsets),
     }
+    return [Sent(*r) for r in in_own_process("bench.load", spec)["results"]]
+
+
+def in_own_process(module: str, spec: dict[str, Any]) -> Any:
+    """Run ``python -m module`` with ``spec`` as JSON on stdin; its JSON stdout.
+
+    For clients that must not share a GIL with the doubles (the load generator,
+    AMS's own pace).
+    """
     proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "bench.load"],
+        [sys.executable, "-m", module],
         input=json.dumps(spec).encode(),
         capture_output=True,
         cwd=REPO,
@@ -663,8 +672,8 @@ def fire(
         check=False,
     )
     if proc.returncode != 0:
-        raise BenchFailure(f"load generator failed: {proc.stderr.decode(errors='replace')}")
-    return [Sent(*r) for r in json.loads(proc.stdout)["results"]]
+        raise BenchFailure(f"{module} failed: {proc.stderr.decode(errors='replace')}")
+    return json.loads(proc.stdout)
 
 
 #: The doubles' handler threads' niceness: they stand in for other machines.

@@ -18,10 +18,8 @@ ideal), every grant revoked and one revoke audit row per room.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -34,13 +32,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import seed
 from bench.harness import (
-    REPO,
     Line,
     Outcome,
     Server,
     cpu_seconds,
     doubles,
     execute,
+    in_own_process,
     log,
     meetbot,
     postgres_database,
@@ -117,16 +115,9 @@ def ams_pace(ams: AmsDouble, concurrency: int, rooms: int, *, tries: int = 3) ->
             for m, suffix in REVOKE_CALLS
         ]
         spec = {"base": ams.url, "concurrency": concurrency, "calls": calls}
-        proc = subprocess.run(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "bench.amsload"],
-            input=json.dumps(spec).encode(),
-            capture_output=True,
-            cwd=REPO,
-            timeout=300,
-            check=True,
-        )
+        elapsed = float(in_own_process("bench.amsload", spec)["elapsed"])
         ams.latency = latency
-        paces.append(float(json.loads(proc.stdout)["elapsed"]) * concurrency / len(calls))
+        paces.append(elapsed * concurrency / len(calls))
     ams.clear_requests()
     each = ", ".join(f"{1000 * p:.1f}" for p in paces)
     log(f"AMS pace at {concurrency} clients: {each} ms a call; the quickest is the ideal's")

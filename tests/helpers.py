@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from bot.sim.ams import AmsDouble
 from bot.sim.slack import SlackDouble
+from bot.store import Outbox, OutboxState
 
 CREATE = r"^/Conference/rest/v2/broadcasts/create$"
 
@@ -26,6 +28,21 @@ BROWSER = {
     "Sec-Fetch-Site": "none",
     "Sec-Fetch-User": "?1",
 }
+
+
+def pending_row(channel: str, kind: str = "dm_link", **kw: Any) -> Outbox:
+    """An outbox row owed to ``channel`` and not yet written, as ``bot.rooms`` makes them."""
+    return Outbox(
+        team_id="T0001",
+        kind=kind,
+        channel=channel,
+        payload="{}",
+        state=OutboxState.PENDING,
+        attempts=0,
+        not_before=0,
+        created_at=int(time.time()),
+        **kw,
+    )
 
 
 def links_in(message: dict) -> list[str]:

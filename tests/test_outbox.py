@@ -10,6 +10,7 @@ from bot.slack.outbox import OutboxWorker, Rendered
 from bot.slack.pacing import Pacer
 from bot.store import Outbox, OutboxState, SlackPace, Store, now
 from tests.conftest import BOB, BOT_TOKEN, CAROL
+from tests.helpers import pending_row
 
 CAP = (600, 60)  # Slack's workspace cap, far above what these tests send
 
@@ -43,16 +44,7 @@ def worker(store, slack):
 
 def add_row(store, channel, kind="dm_link"):
     with store.write() as tx:
-        row = Outbox(
-            team_id="T0001",
-            kind=kind,
-            channel=channel,
-            payload="{}",
-            state=OutboxState.PENDING,
-            attempts=0,
-            not_before=0,
-            created_at=now(),
-        )
+        row = pending_row(channel, kind)
         tx.add(row)
         tx.flush()
         return row.id
@@ -398,16 +390,7 @@ def test_telling_a_requester_does_not_hold_a_sending_thread(store, slack):
 
 
 def _new_row(channel: str) -> Outbox:
-    return Outbox(
-        team_id="T0001",
-        kind="dm_link",
-        channel=channel,
-        payload="{}",
-        state=OutboxState.PENDING,
-        attempts=0,
-        not_before=0,
-        created_at=now(),
-    )
+    return pending_row(channel)
 
 
 def test_rows_leased_as_they_are_written_go_out_in_order_without_a_claim(store, slack):

@@ -13,9 +13,9 @@ import pytest
 from bot.ams.stream_secret import StaticSecret
 from bot.config import Settings
 from bot.rooms.links import Links
-from bot.store import Grant, Outbox, OutboxState, Room, RoomState, Store
+from bot.store import Grant, Outbox, Room, RoomState, Store
 from tests.conftest import ALICE, BOB, CAROL, STREAM_SECRET
-from tests.helpers import write_transactions
+from tests.helpers import pending_row, write_transactions
 
 TOKEN_RE = re.compile(r"token=([A-Za-z0-9_.-]+)")
 
@@ -77,18 +77,7 @@ def _room(store: Store, room_id: str, people: list[str], *, state=RoomState.ACTI
 
 
 def _row(room_id: str, kind: str, channel: str, **kw) -> Outbox:
-    return Outbox(
-        team_id="T0001",
-        room_id=room_id,
-        kind=kind,
-        channel=channel,
-        payload="{}",
-        state=OutboxState.PENDING,
-        attempts=0,
-        not_before=0,
-        created_at=int(time.time()),
-        **kw,
-    )
+    return pending_row(channel, kind, room_id=room_id, **kw)
 
 
 def _without_tokens(rendered):

@@ -77,6 +77,9 @@ _warned_no_key = threading.Event()
 # more than reading them (see ``bot.store._RECORD_OUTCOME``).
 _ROOMS = select(Room).where(Room.id.in_(bindparam("ids", expanding=True)))
 _GRANTS = select(Grant).where(Grant.id.in_(bindparam("ids", expanding=True)))
+_SET_LINK_HASH = (
+    update(Grant).where(Grant.id == bindparam("grant_id")).values(link_hash=bindparam("digest"))
+)
 
 
 # -- ids ----------------------------------------------------------------------
@@ -271,7 +274,7 @@ class Links:
         digest = link_hash(link_id)
         if grant.link_hash != digest:
             with self.store.write() as tx:
-                tx.execute(update(Grant).where(Grant.id == grant.id).values(link_hash=digest))
+                tx.connection().execute(_SET_LINK_HASH, {"grant_id": grant.id, "digest": digest})
             grant.link_hash = digest
         return f"{settings.public_url.rstrip('/')}{JOIN_PREFIX}{link_id}"
 
@@ -316,8 +319,9 @@ class Links:
         if not stale:
             return
         with self.store.write() as tx:
-            for g in stale:
-                tx.execute(update(Grant).where(Grant.id == g.id).values(link_hash=hashes[g.id]))
+            tx.connection().execute(
+                _SET_LINK_HASH, [{"grant_id": g.id, "digest": hashes[g.id]} for g in stale]
+            )
         for g in stale:
             g.link_hash = hashes[g.id]
 

@@ -730,10 +730,11 @@ class AmsDouble:
         self._settings: dict[str, Any] = initial  # replaced, never mutated in place
         self._broadcasts: dict[str, dict[str, Any]] = {}
         # Each room's subtracks (records whose mainTrackStreamId is the room), in the
-        # order they were made. AMS finds them with a query on that field
-        # (MongoStore/MapDBStore getActiveSubtracks, getActiveSubtracksCount); a scan
-        # of every record here made each revoke cost the double a millisecond of CPU
-        # per 5,000 rooms, under its lock, which a real AMS does not spend.
+        # order they were made: the records MongoStore's getActiveSubtracks and
+        # getActiveSubtracksCount find with a query on that field (getFilterForSubtracks;
+        # MapDBStore, the single-node store, scans its map). A scan of every record
+        # here cost the double a millisecond of CPU per call at 5,000 rooms, under its
+        # lock, and made the sweep benchmark measure the double rather than the bot.
         self._tracks_of: dict[str, dict[str, None]] = {}
         self._requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []

@@ -539,20 +539,13 @@ class OutboxWorker:
             if wait > MAX_INLINE_WAIT_S:
                 self._put_back(row, self.pacer.clock() + wait)
                 return None
-        elif reserved is not None and reserved[0] is not None:
-            slot = reserved[0]  # reserved when the row was written
-            wait = slot.start - self.pacer.clock()
         else:
-            if reserved is not None:
-                slot, wait = reserved
-            else:
-                horizon = MAX_INLINE_WAIT_S
-                if may_hold:
-                    horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
-                slot, wait = self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
+            slot, wait = reserved if reserved is not None else self._reserve_one(row, may_hold)
             if slot is None:
                 self._put_back(row, self.pacer.clock() + wait)
                 return None
+            if reserved is not None:  # reserved as the row was written: count from now
+                wait = slot.start - self.pacer.clock()
         wait = max(wait, self.pacer.until_turn(slot))
         if wait > INLINE_SLEEP_S and may_hold:
             self._hold(row, time.monotonic() + wait, slot)
@@ -560,6 +553,14 @@ class OutboxWorker:
         if wait > 0:
             time.sleep(wait)
         return slot
+
+    def _reserve_one(self, row: Outbox, may_hold: bool) -> tuple[Slot | None, float]:
+        """Reserve a slot for one post now, as far off as it may wait (in memory if it
+        ``may_hold``, while its lease covers it)."""
+        horizon = MAX_INLINE_WAIT_S
+        if may_hold:
+            horizon = max(horizon, (row.lease_until or 0) - time.time() - SEND_BUDGET_S)
+        return self.pacer.reserve(row.team_id, row.channel, horizon=horizon)
 
     def _still_ours(self, row: Outbox) -> bool:
         """Whether this copy of a row may be sent: its lease must outlast a send.
