@@ -206,6 +206,49 @@ def test_a_held_post_whose_channel_floor_moved_waits_off_the_workers(store, slac
     assert slack.ratelimited_count == 0
 
 
+class FloorMovingCard(Card):
+    """``Card``, but while it renders ``row_id`` another replica records a late post to
+    the row's channel: the channel's floor moves ``by`` seconds past now."""
+
+    def __init__(self, pacer: Pacer, slack, row_id: list[int], by: float) -> None:
+        self.pacer, self.slack, self.row_id, self.by = pacer, slack, row_id, by
+        self.floor: float | None = None  # on the Slack double's clock
+
+    def render(self, row: Outbox) -> Rendered:
+        from bot.slack.pacing import _channel_key
+
+        if row.id in self.row_id and self.floor is None:
+            self.floor = self.slack.clock() + self.by
+            key = _channel_key(row.team_id, row.channel)
+            self.pacer.raise_floors({key: self.pacer.clock() + self.by})
+        return super().render(row)
+
+
+def test_a_held_post_reads_its_channel_s_floor_once_rendered_not_when_released(store, slack):
+    """A room's held posts are released together and rendered one at a time, so the
+    last of them goes well after its release. Another replica's late post to the
+    same channel, recorded meanwhile, moves the channel's floor: the post must see
+    that move and wait, not meet that post at Slack (a 429, and its retry goes to
+    the end of the channel's queue)."""
+    from tests.conftest import wait_for
+
+    slack.per_channel_rate = 1.0
+    pacer = Pacer(store, cap=CAP)
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    second: list[int] = []
+    card = FloorMovingCard(pacer, slack, second, by=0.6)
+    w = OutboxWorker(store, gateway, card, pacer, workers=2, owner="w21", poll_interval=0.1)
+    w.start()
+    try:
+        second.extend(_hand_over(store, w, [BOB, BOB])[1:])  # the second is held a gap
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
+    finally:
+        w.stop()
+    assert card.floor is not None  # the held post was rendered, and the floor moved then
+    assert counted_at(slack, BOB)[1] >= card.floor
+    assert slack.ratelimited_count == 0
+
+
 class CountingCard(Card):
     """``Card``, noting which rows it rendered and when they were sent after."""
 

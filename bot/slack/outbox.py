@@ -459,6 +459,8 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
+        if held is not None and slot is not None and self._floor_moved(row, slot, may_hold):
+            return
         if _looks_first(row):
             # An earlier attempt's outcome is unknown (a timeout, a dropped
             # connection, a process that died between its claim and Slack's
@@ -524,21 +526,18 @@ class OutboxWorker:
         A slot further off than a short sleep is waited for in memory
         (``_hold``, the worker thread is freed) while the row's lease covers it;
         beyond that nothing is reserved and the row goes back to the database
-        until then. ``held``: the row was held and its slot has come; it still
-        waits out a floor another post's end may have set meanwhile. Either
-        way it also waits for this process's turn at the channel
+        until then. ``held``: the row was held and its slot has come; once
+        rendered it waits out a floor another post's end may have set meanwhile
+        (``_floor_moved``). Either way it also waits for this process's turn at the channel
         (``Pacer.until_turn``: the post before it ended late).
 
         Waits are counted from now: a post reserved as it was written may have
         waited for a free worker since, and in a burst of rooms every sending
         thread asleep on a channel's slot is one the other posts cannot have.
         """
-        if held is not None:
+        if held is not None:  # its floors are read once it is rendered (_floor_moved)
             slot: Slot | None = held
-            wait = self.pacer.until_floor(held)
-            if wait > MAX_INLINE_WAIT_S:
-                self._put_back(row, self.pacer.clock() + wait)
-                return None
+            wait = 0.0
         else:
             slot, wait = reserved if reserved is not None else self._reserve_one(row, may_hold)
             if slot is None:
@@ -553,6 +552,32 @@ class OutboxWorker:
         if wait > 0:
             time.sleep(wait)
         return slot
+
+    def _floor_moved(self, row: Outbox, slot: Slot, may_hold: bool) -> bool:
+        """For a held post whose slot has come, rendered and about to go: wait out a
+        floor another post's end has set on its channel or ring slot since it was
+        reserved (``Pacer.until_floor``); True if it went back to wait elsewhere.
+
+        Read now, not when the post was released: a room's posts are released
+        together and rendered one at a time, so the last of them goes a good
+        part of a second after its release. Another replica's late post to the
+        same channel, recorded meanwhile, would be missed by a read at the
+        release and met at Slack: a 429, and the post's retry goes to the end
+        of its channel's queue. A floor far off puts the post back in memory
+        (off the sending threads, rendered again when it goes) or, past what
+        may wait there, in the database.
+        """
+        wait = self.pacer.until_floor(slot)
+        if wait <= 0:
+            return False
+        if wait > MAX_INLINE_WAIT_S:
+            self._put_back(row, self.pacer.clock() + wait)
+            return True
+        if wait > INLINE_SLEEP_S and may_hold:
+            self._hold(row, time.monotonic() + wait, slot)
+            return True
+        time.sleep(wait)
+        return False
 
     def _reserve_one(self, row: Outbox, may_hold: bool) -> tuple[Slot | None, float]:
         """Reserve a slot for one post now, as far off as it may wait (in memory if it
