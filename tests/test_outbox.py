@@ -224,7 +224,7 @@ class FloorMovingCard(Card):
         return super().render(row)
 
 
-def test_a_held_post_reads_its_channel_s_floor_once_rendered_not_when_released(store, slack):
+def test_a_held_post_reads_its_channel_s_floor_after_it_is_rendered(store, slack):
     """A room's held posts are released together and rendered one at a time, so the
     last of them goes well after its release. Another replica's late post to the
     same channel, recorded meanwhile, moves the channel's floor: the post must see
@@ -521,7 +521,7 @@ def test_invitations_that_leave_at_once_are_rendered_together_and_each_once(stor
     """The posts of a hand-over whose slot is now are rendered in one ``render_many``
     (one read of their room and grants, not two reads each on their sending threads),
     and sent as rendered; a post that must wait for its channel's slot is rendered
-    when it goes, from the state then."""
+    when it goes, from the state then (with any others whose slot came then)."""
     from tests.conftest import ALICE, wait_for
 
     gateway = SlackGateway(BOT_TOKEN, slack.api_url)
@@ -535,9 +535,47 @@ def test_invitations_that_leave_at_once_are_rendered_together_and_each_once(stor
         wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
     finally:
         w.stop()
-    assert card.calls == [("many", [alice, bob]), ("one", bob_again)]
+    assert card.calls == [("many", [alice, bob]), ("many", [bob_again])]
     assert _texts_to(slack, ALICE) == [f"hello {alice} #1"]
     assert _texts_to(slack, BOB) == [f"hello {bob} #2", f"hello {bob_again} #3"]
+
+
+def test_held_posts_whose_slot_comes_together_are_rendered_together_and_sent_once(store, slack):
+    """A stand-up's second round: each person's DM waits a second for its channel, and
+    they all come at once. They are rendered from one read, and their floors read
+    once, not one read each on busy sending threads: with three replicas on two
+    cores that was a third of a post's CPU, and the round's last post went late."""
+    from tests.conftest import ALICE, wait_for
+
+    slack.per_channel_rate = 1.0
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    card = HandOverCard()
+    pacer = Pacer(store, cap=CAP)
+    reads = []
+    until_floors = pacer.until_floors
+    pacer.until_floors = lambda slots: reads.append(len(slots)) or until_floors(slots)
+    w = OutboxWorker(store, gateway, card, pacer, workers=4, owner="w22", poll_interval=0.1)
+    w.start()
+    try:
+        a1, b1, c1, a2, b2, c2 = _hand_over(store, w, [ALICE, BOB, CAROL] * 2)
+        wait_for(lambda: len(posted_ok(slack)) == 6, timeout=10)
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+    finally:
+        w.stop()
+    (first_how, first), (second_how, second) = card.calls  # two renders, no more
+    assert (first_how, first) == ("many", [a1, b1, c1])
+    assert second_how == "many" and sorted(second) == [a2, b2, c2]
+    assert reads == [3]
+    for who, first, second in ((ALICE, a1, a2), (BOB, b1, b2), (CAROL, c1, c2)):
+        assert [t.split(" #")[0] for t in _texts_to(slack, who)] == [
+            f"hello {first}",
+            f"hello {second}",
+        ]
+    assert slack.ratelimited_count == 0
+
+
+def posted_ok(slack):
+    return [c for c in slack.calls_to("chat.postMessage") if c.ok]
 
 
 def test_invitations_handed_over_while_every_worker_is_busy_are_rendered_when_they_go(store, slack):
@@ -582,6 +620,30 @@ def test_invitations_whose_joint_render_failed_are_each_rendered_as_they_go(stor
     finally:
         w.stop()
     assert sorted(card.calls[1:]) == [("one", alice), ("one", bob)]
+
+
+def test_a_held_post_whose_render_with_others_failed_renders_itself_and_keeps_its_slot(
+    store, slack
+):
+    """When the render of the held posts whose slot came fails, each renders itself on
+    its sending thread, reads its own floors, and still waits for its slot."""
+    from tests.conftest import wait_for
+
+    slack.per_channel_rate = 1.0
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    card = HandOverCard(fail_many=True)
+    w = OutboxWorker(store, gateway, card, Pacer(store, cap=CAP), workers=2, owner="w23")
+    w.start()
+    try:
+        _, again = _hand_over(store, w, [BOB, BOB])  # the second is held a gap
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+    finally:
+        w.stop()
+    assert card.calls[-2:] == [("many", [again]), ("one", again)]
+    one, two = counted_at(slack, BOB)
+    assert two - one >= 1.0
+    assert slack.ratelimited_count == 0
 
 
 def test_a_room_whose_last_invitation_another_replica_sent_is_still_reported(

@@ -71,10 +71,12 @@ class Handover:
 
 @dataclass(frozen=True)
 class Prerendered:
-    """A message rendered as its row was handed over to a free worker
-    (:meth:`OutboxWorker.adopt`); ``message`` None: nothing to send."""
+    """A message rendered as its row was handed to a free worker (:meth:`OutboxWorker.adopt`,
+    or a held post's release); ``message`` None: nothing to send. ``not_before``
+    (monotonic): a held post's floors, read with its render, hold it until then."""
 
     message: Rendered | None
+    not_before: float = 0.0
 
 
 class Renderer(Protocol):
@@ -272,17 +274,22 @@ class OutboxWorker:
             if reserved is not None and reserved[0] is not None and reserved[1] <= INLINE_SLEEP_S
         ]
         out: list[Prerendered | None] = [None] * len(rows)
-        if not now_:
-            return out
+        for i, message in zip(now_, self._render_together([rows[i] for i in now_]), strict=True):
+            out[i] = message
+        return out
+
+    def _render_together(self, rows: list[Outbox]) -> list[Prerendered | None]:
+        """``rows`` rendered from one read; all None if that failed (each renders itself
+        when it is sent)."""
+        if not rows:
+            return []
         try:
             with self._render_turn:
-                messages = self.renderer.render_many([rows[i] for i in now_])
-        except Exception:  # each renders itself when it is sent
-            log.exception("rendering %d handed-over messages failed", len(now_))
-            return out
-        for i, message in zip(now_, messages, strict=True):
-            out[i] = Prerendered(message)
-        return out
+                messages = self.renderer.render_many(rows)
+        except Exception:
+            log.exception("rendering %d messages together failed", len(rows))
+            return [None] * len(rows)
+        return [Prerendered(m) for m in messages]
 
     def watch_room(
         self, room_id: str, callback: Callable[[list[Outbox]], None], *, check: bool = True
@@ -334,6 +341,7 @@ class OutboxWorker:
         True when one is due but no worker is free (a worker finishing wakes the loop).
         """
         while True:
+            due: list[tuple[Outbox, Slot]] = []  # held posts whose slot has come
             with self._held_lock:
                 if not self._ready and (not self._held or self._held[0][0] > time.monotonic()):
                     return False
@@ -341,11 +349,56 @@ class OutboxWorker:
                     return True
                 if self._ready:
                     row, reserved = self._ready.popleft()
-                    held = None
                 else:
-                    _, _, row, held = heapq.heappop(self._held)
-                    reserved = None
-            self._pool.submit(self._send_and_release, row, held, reserved)
+                    # With it, those due within a short sleep (a round of a stand-up's
+                    # DMs: slots reserved microseconds apart), as far as workers go.
+                    soon = time.monotonic() + INLINE_SLEEP_S
+                    while True:
+                        _, _, row, slot = heapq.heappop(self._held)
+                        due.append((row, slot))
+                        if not (self._held and self._held[0][0] <= soon):
+                            break
+                        if not self._slots.acquire(blocking=False):
+                            break
+            if due:
+                self._release(due)
+            else:
+                self._pool.submit(self._send_and_release, row, None, reserved)
+
+    def _release(self, due: list[tuple[Outbox, Slot]]) -> None:
+        """Send held posts whose slot has come, each on a worker already taken for it.
+
+        A room's posts to different channels share slots, so they come together
+        (a round of a stand-up's DMs). They are rendered together, from one read
+        (not one each, on busy sending threads, one at a time), and then their
+        channels' and ring slots' floors are read, once for all, right before
+        they go: a late post before one of them (here or on another replica)
+        may have moved its floor since it was reserved. One whose floor moved
+        waits again in memory, off the workers, or in the database if that is
+        further off than a post may wait here.
+        """
+        rendered = self._render_together([row for row, _ in due])
+        try:
+            waits = self.pacer.until_floors([slot for _, slot in due])
+        except Exception:  # each reads its own floors when it is sent
+            log.exception("reading the floors of %d held posts failed", len(due))
+            waits = [0.0] * len(due)
+            rendered = [None] * len(due)
+        at = time.monotonic()
+        for (row, slot), message, wait in zip(due, rendered, waits, strict=True):
+            if wait > INLINE_SLEEP_S:
+                self._slots.release()
+                if wait <= MAX_INLINE_WAIT_S:
+                    self._hold(row, at + wait, slot)
+                    continue
+                try:
+                    self._put_back(row, self.pacer.clock() + wait)
+                except Exception:  # its lease runs out and a claim sends it
+                    log.exception("putting back outbox row %s failed", row.id)
+                continue
+            if message is not None:
+                message = Prerendered(message.message, not_before=at + wait)
+            self._pool.submit(self._send_and_release, row, slot, None, message)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
@@ -459,8 +512,12 @@ class OutboxWorker:
         if rendered is None:  # nothing to say any more (e.g. no DM to edit)
             self._finish(row, OutboxState.DONE, error="nothing to send")
             return
-        if held is not None and slot is not None and self._floor_moved(row, slot, may_hold):
-            return
+        if held is not None and slot is not None:
+            if prerendered is None:  # not rendered at its release: its floors are read now
+                if self._floor_moved(row, slot, may_hold):
+                    return
+            elif (left := prerendered.not_before - time.monotonic()) > 0:
+                time.sleep(left)  # read with its render, at its release (_release)
         if _looks_first(row):
             # An earlier attempt's outcome is unknown (a timeout, a dropped
             # connection, a process that died between its claim and Slack's
@@ -535,9 +592,9 @@ class OutboxWorker:
         waited for a free worker since, and in a burst of rooms every sending
         thread asleep on a channel's slot is one the other posts cannot have.
         """
-        if held is not None:  # its floors are read once it is rendered (_floor_moved)
+        if held is not None:  # its floors are read once it is rendered (_release)
             slot: Slot | None = held
-            wait = 0.0
+            wait = held.start - self.pacer.clock()  # released up to a short sleep early
         else:
             slot, wait = reserved if reserved is not None else self._reserve_one(row, may_hold)
             if slot is None:
@@ -554,18 +611,17 @@ class OutboxWorker:
         return slot
 
     def _floor_moved(self, row: Outbox, slot: Slot, may_hold: bool) -> bool:
-        """For a held post whose slot has come, rendered and about to go: wait out a
-        floor another post's end has set on its channel or ring slot since it was
-        reserved (``Pacer.until_floor``); True if it went back to wait elsewhere.
+        """:meth:`_release`'s look at the floors, for a held post it could not render:
+        rendered now and about to go, it waits out a floor another post's end has
+        set on its channel or ring slot since it was reserved
+        (``Pacer.until_floor``); True if it went back to wait elsewhere (in
+        memory, off the sending threads, or past what may wait there, in the
+        database).
 
-        Read now, not when the post was released: a room's posts are released
-        together and rendered one at a time, so the last of them goes a good
-        part of a second after its release. Another replica's late post to the
-        same channel, recorded meanwhile, would be missed by a read at the
-        release and met at Slack: a 429, and the post's retry goes to the end
-        of its channel's queue. A floor far off puts the post back in memory
-        (off the sending threads, rendered again when it goes) or, past what
-        may wait there, in the database.
+        Read after the render, not before: renders take turns, and a floor read
+        before one could miss another replica's late post to the same channel,
+        recorded meanwhile, and meet it at Slack (a 429, and the post's retry
+        goes to the end of its channel's queue).
         """
         wait = self.pacer.until_floor(slot)
         if wait <= 0:

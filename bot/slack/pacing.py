@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -77,6 +77,9 @@ _LOCK_KEYS = (
     .with_for_update()
 )
 _FLOORS = select(SlackPace.floor_at).where(SlackPace.key.in_(bindparam("keys", expanding=True)))
+_KEYED_FLOORS = select(SlackPace.key, SlackPace.floor_at).where(
+    SlackPace.key.in_(bindparam("keys", expanding=True))
+)
 _RAISE_FLOOR = (
     update(SlackPace)
     .where(SlackPace.key == bindparam("pace_key"), SlackPace.floor_at < bindparam("floor"))
@@ -203,11 +206,23 @@ class Pacer:
     def until_floor(self, slot: Slot) -> float:
         """Seconds until ``slot`` may start a post (0: now), for a post that waited: its
         channel's floor and its ring slot's (the post N before it may have ended late)."""
-        keys = [_channel_key(slot.team, slot.channel), *([slot.ring] if slot.ring else [])]
         with self.store.read() as s:
-            floors = s.scalars(_FLOORS, {"keys": keys})
+            floors = s.scalars(_FLOORS, {"keys": _floor_keys(slot)})
             floor = max(floors, default=0.0)
         return max(0.0, floor - self.clock())
+
+    def until_floors(self, slots: Sequence[Slot]) -> list[float]:
+        """:meth:`until_floor` for several slots, from one read."""
+        keys = sorted({k for slot in slots for k in _floor_keys(slot)})
+        if not keys:
+            return []
+        with self.store.read() as s:
+            floors = {k: f for k, f in s.execute(_KEYED_FLOORS, {"keys": keys})}
+        now = self.clock()
+        return [
+            max(0.0, max((floors.get(k, 0.0) for k in _floor_keys(slot)), default=0.0) - now)
+            for slot in slots
+        ]
 
     def until_turn(self, slot: Slot) -> float:
         """Seconds until this process's next post to ``slot``'s channel may start
@@ -407,6 +422,11 @@ class Pacer:
         # Once committed; should ``s`` roll back, a key taken for made is made again
         # when found missing (``_locked``).
         self._known.update(floors)
+
+
+def _floor_keys(slot: Slot) -> list[str]:
+    """The rows whose floors hold a reserved post: its channel's and its ring slot's."""
+    return [_channel_key(slot.team, slot.channel), *([slot.ring] if slot.ring else [])]
 
 
 def _channel_key(team: str, channel: str) -> str:
