@@ -360,8 +360,8 @@ class OutboxWorker:
                             break
                         if not self._slots.acquire(blocking=False):
                             break
-            if due:
-                self._release(due)
+            if due:  # rendered on a sending thread: the loop goes on releasing meanwhile
+                self._pool.submit(self._release, due)
             else:
                 self._pool.submit(self._send_and_release, row, None, reserved)
 
@@ -377,6 +377,12 @@ class OutboxWorker:
         waits again in memory, off the workers, or in the database if that is
         further off than a post may wait here.
         """
+        try:
+            self._release_together(due)
+        except Exception:  # on a pool thread: nobody else would hear of it
+            log.exception("releasing %d held posts failed", len(due))
+
+    def _release_together(self, due: list[tuple[Outbox, Slot]]) -> None:
         rendered = self._render_together([row for row, _ in due])
         try:
             waits = self.pacer.until_floors([slot for _, slot in due])
@@ -385,6 +391,7 @@ class OutboxWorker:
             waits = [0.0] * len(due)
             rendered = [None] * len(due)
         at = time.monotonic()
+        going: list[tuple[Outbox, Slot, Prerendered | None]] = []
         for (row, slot), message, wait in zip(due, rendered, waits, strict=True):
             if wait > INLINE_SLEEP_S:
                 self._slots.release()
@@ -398,7 +405,13 @@ class OutboxWorker:
                 continue
             if message is not None:
                 message = Prerendered(message.message, not_before=at + wait)
+            going.append((row, slot, message))
+        if not going:
+            return
+        for row, slot, message in going[:-1]:
             self._pool.submit(self._send_and_release, row, slot, None, message)
+        row, slot, message = going[-1]  # the last on this thread, already a sending one
+        self._send_and_release(row, slot, None, message)
 
     def drain_once(self) -> int:
         """Claim what fits in the free workers and hand it to them."""
