@@ -383,6 +383,7 @@ class OutboxWorker:
             log.exception("releasing %d held posts failed", len(due))
 
     def _release_together(self, due: list[tuple[Outbox, Slot]]) -> None:
+        """:meth:`_release`'s work: render, read the floors, send or hold each again."""
         rendered = self._render_together([row for row, _ in due])
         try:
             waits = self.pacer.until_floors([slot for _, slot in due])
@@ -596,9 +597,9 @@ class OutboxWorker:
         A slot further off than a short sleep is waited for in memory
         (``_hold``, the worker thread is freed) while the row's lease covers it;
         beyond that nothing is reserved and the row goes back to the database
-        until then. ``held``: the row was held and its slot has come; once
-        rendered it waits out a floor another post's end may have set meanwhile
-        (``_floor_moved``). Either way it also waits for this process's turn at the channel
+        until then. ``held``: the row was held and its slot has come (it was
+        rendered and its floors read as it was released, ``_release``). Either
+        way it also waits for this process's turn at the channel
         (``Pacer.until_turn``: the post before it ended late).
 
         Waits are counted from now: a post reserved as it was written may have
