@@ -76,8 +76,7 @@ _LOCK_KEYS = (
     .order_by(SlackPace.key)  # one lock order for every replica
     .with_for_update()
 )
-_FLOORS = select(SlackPace.floor_at).where(SlackPace.key.in_(bindparam("keys", expanding=True)))
-_KEYED_FLOORS = select(SlackPace.key, SlackPace.floor_at).where(
+_FLOORS = select(SlackPace.key, SlackPace.floor_at).where(
     SlackPace.key.in_(bindparam("keys", expanding=True))
 )
 _RAISE_FLOOR = (
@@ -206,10 +205,7 @@ class Pacer:
     def until_floor(self, slot: Slot) -> float:
         """Seconds until ``slot`` may start a post (0: now), for a post that waited: its
         channel's floor and its ring slot's (the post N before it may have ended late)."""
-        with self.store.read() as s:
-            floors = s.scalars(_FLOORS, {"keys": _floor_keys(slot)})
-            floor = max(floors, default=0.0)
-        return max(0.0, floor - self.clock())
+        return self.until_floors([slot])[0]
 
     def until_floors(self, slots: Sequence[Slot]) -> list[float]:
         """:meth:`until_floor` for several slots, from one read."""
@@ -217,7 +213,7 @@ class Pacer:
         if not keys:
             return []
         with self.store.read() as s:
-            floors = {k: f for k, f in s.execute(_KEYED_FLOORS, {"keys": keys})}
+            floors = {k: f for k, f in s.execute(_FLOORS, {"keys": keys})}
         now = self.clock()
         return [
             max(0.0, max((floors.get(k, 0.0) for k in _floor_keys(slot)), default=0.0) - now)
