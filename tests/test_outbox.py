@@ -225,11 +225,12 @@ class FloorMovingCard(Card):
 
 
 def test_a_held_post_reads_its_channel_s_floor_after_it_is_rendered(store, slack):
-    """A room's held posts are released together and rendered one at a time, so the
-    last of them goes well after its release. Another replica's late post to the
-    same channel, recorded meanwhile, moves the channel's floor: the post must see
-    that move and wait, not meet that post at Slack (a 429, and its retry goes to
-    the end of the channel's queue)."""
+    """While a held post is rendered at its release, another replica records a late
+    post to the same channel, which moves the channel's floor. The floors are read
+    after the render: the post sees that move and waits, and does not meet that
+    post at Slack (a 429, and its retry goes to the end of the channel's queue).
+    Read before it, as they were, a round's last posts went up to half a second
+    after the read."""
     from tests.conftest import wait_for
 
     slack.per_channel_rate = 1.0
@@ -544,7 +545,7 @@ def test_held_posts_whose_slot_comes_together_are_rendered_together_and_sent_onc
     """A stand-up's second round: each person's DM waits a second for its channel, and
     they all come at once. They are rendered from one read, and their floors read
     once, not one read each on busy sending threads: with three replicas on two
-    cores that was a third of a post's CPU, and the round's last post went late."""
+    cores that was nearly half of a post's CPU, and the round's last post went late."""
     from tests.conftest import ALICE, wait_for
 
     slack.per_channel_rate = 1.0
