@@ -396,11 +396,8 @@ class OutboxWorker:
         for (row, slot), message, wait in zip(due, rendered, waits, strict=True):
             if wait > INLINE_SLEEP_S:
                 self._slots.release()
-                if wait <= MAX_INLINE_WAIT_S:
-                    self._hold(row, at + wait, slot)
-                    continue
                 try:
-                    self._put_back(row, self.pacer.clock() + wait)
+                    self._wait_again(row, slot, wait)
                 except Exception:  # its lease runs out and a claim sends it
                     log.exception("putting back outbox row %s failed", row.id)
                 continue
@@ -640,14 +637,19 @@ class OutboxWorker:
         wait = self.pacer.until_floor(slot)
         if wait <= 0:
             return False
-        if wait > MAX_INLINE_WAIT_S:
-            self._put_back(row, self.pacer.clock() + wait)
-            return True
-        if wait > INLINE_SLEEP_S and may_hold:
-            self._hold(row, time.monotonic() + wait, slot)
+        if wait > MAX_INLINE_WAIT_S or (wait > INLINE_SLEEP_S and may_hold):
+            self._wait_again(row, slot, wait)
             return True
         time.sleep(wait)
         return False
+
+    def _wait_again(self, row: Outbox, slot: Slot, wait: float) -> None:
+        """A held post whose floor moved ``wait`` seconds off waits for it again: in
+        memory, off the sending threads, or past what may wait there, in the database."""
+        if wait <= MAX_INLINE_WAIT_S:
+            self._hold(row, time.monotonic() + wait, slot)
+        else:
+            self._put_back(row, self.pacer.clock() + wait)
 
     def _reserve_one(self, row: Outbox, may_hold: bool) -> tuple[Slot | None, float]:
         """Reserve a slot for one post now, as far off as it may wait (in memory if it

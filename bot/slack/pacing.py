@@ -335,15 +335,7 @@ class Pacer:
             w = self._locked(s, ws)[ws]
             oldest_key = self._next_held_place(s, ws, w.seq) or slot.ring
             keys = sorted({slot.ring, oldest_key})
-            rows = {
-                r.key: r
-                for r in s.scalars(
-                    select(SlackPace)
-                    .where(SlackPace.key.in_(keys))
-                    .order_by(SlackPace.key)
-                    .with_for_update()
-                )
-            }
+            rows = {r.key: r for r in s.scalars(_LOCK_KEYS, {"keys": keys})}
             mine, oldest = rows.get(slot.ring), rows.get(oldest_key)
             if mine is None or mine.next_at != slot.start:
                 return  # a later post has taken the slot
