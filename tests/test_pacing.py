@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from bot.sim.ams import ManualClock
+from bot.slack import pacing
 from bot.slack.pacing import CHANNEL_GAP_S, TRUSTED_ROUND_TRIPS, WINDOW_MARGIN_S, Pacer
 from bot.store import SlackPace, Store
 from tests.conftest import ALICE, TEAM, sender_for, wait_for
@@ -241,3 +243,33 @@ def test_a_post_counted_on_time_writes_no_floor(stores: tuple[Store, Store]) -> 
         assert s.get(SlackPace, f"c:{TEAM}:D9").floor_at == pytest.approx(
             slot.start + 0.45 + CHANNEL_GAP_S
         )
+
+
+def test_a_post_stuck_under_way_holds_its_channel_only_for_the_longest_turn_wait(
+    stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slack call that never returns must not silence its channel for good.
+
+    The next post to that channel waits for it (two posts under way at once
+    could both be counted in one second), but for at most ``MAX_TURN_WAIT_S``;
+    a post to another channel does not wait at all.
+    """
+    monkeypatch.setattr(pacing, "MAX_TURN_WAIT_S", 0.3)
+    pacer = Pacer(stores[0], cap=(600, 60))
+    stuck, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
+    after, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
+    other, _ = pacer.reserve(TEAM, "C2", horizon=FAR)
+    went: dict[str, float] = {}
+
+    def post(name: str, slot: pacing.Slot) -> None:
+        with pacer.turn(slot):
+            went[name] = time.monotonic()
+
+    with ThreadPoolExecutor(2) as pool, pacer.turn(stuck):  # under way, and never ends
+        began = time.monotonic()
+        waiting = pool.submit(post, "after", after)
+        pool.submit(post, "other", other).result(timeout=10)
+        assert "after" not in went  # still behind the stuck post
+        waiting.result(timeout=10)  # without the cap it would wait forever
+    assert went["other"] - began < pacing.MAX_TURN_WAIT_S
+    assert went["after"] - began >= pacing.MAX_TURN_WAIT_S
