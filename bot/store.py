@@ -802,6 +802,7 @@ class Store:
         ts: str | None = None,
         error: str | None = None,
         also: Callable[[Session], None] | None = None,
+        on_owed: Callable[[], None] | None = None,
     ) -> bool:
         """Record how a send ended (``state``: done or failed); False when the lease
         the send held (``lease``, the row's ``lease_until``) was lost meanwhile: a
@@ -809,7 +810,11 @@ class Store:
 
         ``also(session)`` runs first in the same transaction, whatever the row's fate
         (the Slack pacing floors the post moved: the post happened either way).
+        ``on_owed()`` runs once committed if recording it owed a new row (the
+        "ended" edit of a message that landed as its room ended): the outbox
+        looks for that row then, not at its next poll.
         """
+        owed = False
         with self.write() as s:
             if also is not None:
                 also(s)
@@ -829,19 +834,20 @@ class Store:
             ).first()
             if row is None:
                 return False
-            if state != OutboxState.DONE:
-                return True
             # Remember where the message landed, in the same transaction, so a
             # later edit (room ended, link re-issued) can find it.
-            if row.kind == "dm_link" and row.grant_id is not None:
+            done = state == OutboxState.DONE
+            if done and row.kind == "dm_link" and row.grant_id is not None:
                 c.execute(
                     _DM_LANDED, {"grant_id": row.grant_id, "new_channel": channel, "new_ts": ts}
                 )
-                self._edit_if_ended(s, row, "dm_update", channel or row.channel)
-            elif row.kind == "room_card" and row.room_id:
+                owed = self._edit_if_ended(s, row, "dm_update", channel or row.channel)
+            elif done and row.kind == "room_card" and row.room_id:
                 c.execute(_CARD_LANDED, {"room_id": row.room_id, "new_ts": ts})
-                self._edit_if_ended(s, row, "card_update", row.channel)
-            return True
+                owed = self._edit_if_ended(s, row, "card_update", row.channel)
+        if owed and on_owed is not None:
+            on_owed()
+        return True
 
     def retry_outbox(
         self,
@@ -882,17 +888,17 @@ class Store:
             )
 
     @staticmethod
-    def _edit_if_ended(s: Session, row: Any, kind: str, channel: str) -> None:
+    def _edit_if_ended(s: Session, row: Any, kind: str, channel: str) -> bool:
         """A message that landed just as its room ended missed the revoke's edits
-        (its ts was not known yet): owe it the "ended" edit now.
+        (its ts was not known yet): owe it the "ended" edit now (True: owed).
 
         ``row``: the sent row's ``kind``, ``room_id``, ``grant_id``, ``team_id``,
         ``enterprise_id`` and ``channel``."""
         if not row.room_id:
-            return
+            return False
         state = s.connection().scalar(_ROOM_STATE, {"room_id": row.room_id})
         if state != RoomState.REVOKED:
-            return
+            return False
         s.add(
             Outbox(
                 team_id=row.team_id,
@@ -908,6 +914,7 @@ class Store:
                 created_at=now(),
             )
         )
+        return True
 
     # -- audit ----------------------------------------------------------
     @staticmethod

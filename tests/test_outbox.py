@@ -8,7 +8,7 @@ from sqlalchemy import select
 from bot.slack.gateway import SlackGateway
 from bot.slack.outbox import OutboxWorker, Rendered
 from bot.slack.pacing import Pacer
-from bot.store import Outbox, OutboxState, SlackPace, Store, now
+from bot.store import Grant, Outbox, OutboxState, Room, RoomState, SlackPace, Store, now
 from tests.conftest import BOB, BOT_TOKEN, CAROL
 from tests.helpers import pending_row
 
@@ -473,6 +473,108 @@ def test_rows_leased_as_they_are_written_go_out_in_order_without_a_claim(store, 
     finally:
         store.claim_outbox = real_claim
         w.stop()
+
+
+def test_sends_ending_do_not_make_the_loop_look_in_the_database(store, slack):
+    """The loop wakes each time a send ends (a held post may take the freed worker),
+    but it claims from the database only when something may be there: rows written
+    here (``kick``), more than its last claim could take, or a poll. A claim is a
+    write transaction; one per post would queue every room's opening behind it."""
+    from tests.conftest import ALICE, DAVE, wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=2, owner="w9", poll_interval=3600
+    )
+    claims: list[int] = []
+    real_claim = store.claim_outbox
+    store.claim_outbox = lambda *a, **k: claims.append(len(rows := real_claim(*a, **k))) or rows
+    w.start()
+    try:
+        for user in (ALICE, BOB, CAROL, DAVE):  # one at a time: each send ends alone
+            _hand_over(store, w, [user])
+            wait_for(lambda u=user: len(slack.dms_to(u)) == 1, timeout=10)
+            wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+        # The first wake looks once (for rows a previous process left); the sends'
+        # four ends, not at all.
+        assert claims == [0]
+        add_row(store, BOB)  # written here: the writer kicks
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(BOB)) == 2, timeout=10)
+        wait_for(lambda: {r.state for r in _all(store)} == {OutboxState.DONE}, timeout=5)
+        assert claims == [0, 1]  # one look, and its row sent
+    finally:
+        store.claim_outbox = real_claim
+        w.stop()
+
+
+def test_a_dm_that_lands_as_its_room_ends_is_edited_without_waiting_for_a_poll(store, slack):
+    """The room ended while its DM was on its way, so the revoke could not edit it
+    (its ts was unknown). Recording the post owes the "ended" edit, and the
+    outbox sends it then, not at its next look at the database."""
+    from tests.conftest import wait_for
+
+    class EditCard(Card):
+        def render(self, row: Outbox) -> Rendered:
+            if row.kind == "dm_update":
+                (first,) = slack.dms_to(BOB)
+                return Rendered(text="ended", blocks=[], edit_ts=first["ts"])
+            return super().render(row)
+
+    t = now()
+    with store.write() as tx:
+        tx.add(
+            Room(
+                id="roomended001",
+                team_id="T0001",
+                owner_id=BOB,
+                channel_id="C0ENDED",
+                topic="retro",
+                state=RoomState.REVOKED,  # ended while the DM was under way
+                created_at=t - 60,
+                expires_at=t - 1,
+                attempts=0,
+                next_attempt_at=0,
+            )
+        )
+        tx.flush()  # the room before its grant
+        grant = Grant(
+            room_id="roomended001",
+            team_id="T0001",
+            user_id=BOB,
+            jti="jti-ended",
+            exp=t + 60,
+            created_at=t - 60,
+        )
+        tx.add(grant)
+        tx.flush()
+        grant_id = grant.id
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store,
+        gateway,
+        EditCard(),
+        Pacer(store, cap=CAP),
+        workers=2,
+        owner="w10",
+        poll_interval=3600,
+    )
+    w.start()
+    try:
+        row = _new_row(BOB)
+        row.room_id, row.grant_id = "roomended001", grant_id
+        with store.write() as tx:
+            handover = w.lease_new([row], at=now(), tx=tx)
+            tx.add(row)
+        assert handover is not None
+        w.adopt(handover)
+        wait_for(lambda: len(slack.calls_to("chat.update")) == 1, timeout=10)
+    finally:
+        w.stop()
+    assert [(r.kind, r.state) for r in _all(store)] == [
+        ("dm_link", OutboxState.DONE),
+        ("dm_update", OutboxState.DONE),
+    ]
 
 
 class HandOverCard(Card):

@@ -129,6 +129,12 @@ class OutboxWorker:
         self._slots = threading.Semaphore(workers)
         self._workers = workers
         self._wake = threading.Event()
+        # Set when the database may hold rows this process has not looked for:
+        # new ones written here (kick), or more than the last claim could take.
+        # Without it the loop claims only when a poll is due (_claim_due).
+        self._claim_owed = threading.Event()
+        self._claim_owed.set()
+        self._next_poll = 0.0  # monotonic: when the loop looks next with nothing owed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Paced posts waiting for their slot, off the worker threads:
@@ -156,6 +162,7 @@ class OutboxWorker:
 
     # -- lifecycle ------------------------------------------------------
     def start(self) -> OutboxWorker:
+        self._next_poll = time.monotonic() + self.poll_interval  # or at the first kick
         self._thread = threading.Thread(target=self._run, name="outbox-loop", daemon=True)
         self._thread.start()
         return self
@@ -178,6 +185,7 @@ class OutboxWorker:
 
     def kick(self) -> None:
         """New rows are waiting: look now rather than at the next poll."""
+        self._claim_owed.set()
         self._wake.set()
 
     def lease_new(
@@ -312,7 +320,8 @@ class OutboxWorker:
             self._wake.clear()
             try:
                 starved = self._release_held()
-                self.drain_once()
+                if self._claim_due():
+                    self.drain_once()
                 self._recheck_watches()
             except Exception:  # the loop must survive a database hiccup
                 log.exception("outbox pass failed")
@@ -323,10 +332,23 @@ class OutboxWorker:
         ``starved``: a held post is due but every worker is busy; a worker that
         finishes wakes the loop, so there is no slot to wait for meanwhile.
         """
+        poll = max(0.0, self._next_poll - time.monotonic())
         with self._held_lock:
             if starved or not self._held:
-                return self.poll_interval
-            return max(0.0, min(self.poll_interval, self._held[0][0] - time.monotonic()))
+                return poll
+            return max(0.0, min(poll, self._held[0][0] - time.monotonic()))
+
+    def _claim_due(self) -> bool:
+        """Whether this pass looks in the database: rows were written here since the
+        last look (``kick``), the last claim took all it could, or a poll is due.
+
+        The loop also wakes each time a send ends, to hand held posts to the freed
+        worker; in a busy minute that is several times a second, and a claim is a
+        write transaction (on SQLite, the one write lock every room's opening
+        waits for) that would mostly find nothing. Rows other replicas write, retries
+        coming due and leases running out are found by the poll, as when idle.
+        """
+        return self._claim_owed.is_set() or time.monotonic() >= self._next_poll
 
     def _hold(self, row: Outbox, due: float, slot: Slot) -> None:
         """Keep a paced post (still leased to us) in memory until ``due`` (monotonic)."""
@@ -416,11 +438,16 @@ class OutboxWorker:
         free = 0
         while self._slots.acquire(blocking=False):
             free += 1
-        if not free:
+        if not free:  # looked for when a worker frees up (it wakes the loop)
+            self._claim_owed.set()
+            self._next_poll = time.monotonic() + self.poll_interval
             return 0
+        self._claim_owed.clear()  # before the look: a kick during it is not lost
+        self._next_poll = time.monotonic() + self.poll_interval
         try:
             rows = self.store.claim_outbox(self.owner, at=now(), lease=self.lease, limit=free)
         except Exception:
+            self._claim_owed.set()
             for _ in range(free):
                 self._slots.release()
             raise
@@ -432,7 +459,7 @@ class OutboxWorker:
         for row in rows:
             self._pool.submit(self._send_and_release, row, None, reserved.get(row.id))
         if len(rows) == free:
-            self._wake.set()  # more may be waiting
+            self.kick()  # more may be waiting
         return len(rows)
 
     def _reserve(
@@ -740,7 +767,9 @@ class OutboxWorker:
         self._not_ours_to_finish(row)
 
     def _finish(self, row: Outbox, state: str, **kw: Any) -> None:
-        self.store.finish_outbox(row.id, self.owner, state=state, lease=row.lease_until, **kw)
+        self.store.finish_outbox(
+            row.id, self.owner, state=state, lease=row.lease_until, on_owed=self.kick, **kw
+        )
         with self._sending_lock:
             self._sending.discard(row.id)
         if row.room_id:
