@@ -254,7 +254,6 @@ def test_a_post_stuck_under_way_holds_its_channel_only_for_the_longest_turn_wait
     could both be counted in one second), but for at most ``MAX_TURN_WAIT_S``;
     a post to another channel does not wait at all.
     """
-    monkeypatch.setattr(pacing, "MAX_TURN_WAIT_S", 0.3)
     pacer = Pacer(stores[0], cap=(600, 60))
     stuck, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
     after, _ = pacer.reserve(TEAM, "C1", horizon=FAR)
@@ -266,10 +265,10 @@ def test_a_post_stuck_under_way_holds_its_channel_only_for_the_longest_turn_wait
             went[name] = time.monotonic()
 
     with ThreadPoolExecutor(2) as pool, pacer.turn(stuck):  # under way, and never ends
-        began = time.monotonic()
-        waiting = pool.submit(post, "after", after)
+        # Another channel: goes now, not after the stuck post's 30 s.
         pool.submit(post, "other", other).result(timeout=10)
-        assert "after" not in went  # still behind the stuck post
-        waiting.result(timeout=10)  # without the cap it would wait forever
-    assert went["other"] - began < pacing.MAX_TURN_WAIT_S
-    assert went["after"] - began >= pacing.MAX_TURN_WAIT_S
+        monkeypatch.setattr(pacing, "MAX_TURN_WAIT_S", 0.3)
+        began = time.monotonic()
+        # Without the cap this would wait for the stuck post forever.
+        pool.submit(post, "after", after).result(timeout=10)
+    assert went["after"] - began >= 0.3  # it did wait for the stuck post, that long
