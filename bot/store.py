@@ -436,6 +436,9 @@ _CARD_LANDED = (
     update(Room).where(Room.id == bindparam("room_id")).values(channel_ts=bindparam("new_ts"))
 )
 _ROOM_STATE = select(Room.state).where(Room.id == bindparam("room_id"))
+# A reconciliation pass's look at the rooms AMS lists, in chunks of this many ids.
+STATES_CHUNK = 500
+_ROOM_STATES = select(Room.id, Room.state).where(Room.id.in_(bindparam("ids", expanding=True)))
 _ROOMS_PENDING = (
     select(Outbox.room_id)
     .where(Outbox.room_id.in_(bindparam("rooms", expanding=True)))
@@ -777,6 +780,18 @@ class Store:
     def outbox_rows(self, room_id: str) -> list[Outbox]:
         with self.read() as s:
             return list(s.scalars(_ROOM_OUTBOX, {"room_id": room_id}))
+
+    def room_states(self, room_ids: Sequence[str]) -> dict[str, str]:
+        """The state of each of ``room_ids`` that has a row here, in one read of a few
+        queries (``STATES_CHUNK`` ids each): a reconciliation pass checks every room
+        AMS lists, and one read per room cost most of its CPU at 5,000 rooms."""
+        out: dict[str, str] = {}
+        ids = list(room_ids)
+        with self.read() as s:
+            for i in range(0, len(ids), STATES_CHUNK):
+                for room_id, state in s.execute(_ROOM_STATES, {"ids": ids[i : i + STATES_CHUNK]}):
+                    out[room_id] = state
+        return out
 
     def rooms_with_pending(self, room_ids: Sequence[str], kinds: Sequence[str]) -> set[str]:
         """Those of ``room_ids`` with a row of these kinds still to be sent (one query)."""

@@ -10,6 +10,7 @@ all of that.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -259,3 +260,65 @@ def test_the_deployment_id_is_made_once_whoever_asks_first(db_url: str):
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_pass_reads_the_rooms_it_checks_together_not_one_by_one(
+    store: Store, ams: AmsDouble, monkeypatch: pytest.MonkeyPatch
+):
+    """Every room AMS lists is checked against this database; with thousands of rooms,
+    a read each was most of a pass's CPU. The pass reads their states in a few
+    queries, and still leaves the open ones and ends the strays, as before."""
+    import sqlalchemy as sa
+
+    import bot.store
+
+    monkeypatch.setattr(bot.store, "STATES_CHUNK", 4)  # several chunks from a few rooms
+    now = int(time.time())
+    mine = ams_marker(TEAM, store.deployment_id() or "")
+    open_ids = [f"open-{i}" for i in range(6)]
+    states = [RoomState.ACTIVE, RoomState.CREATING, RoomState.REVOKED, RoomState.FAILED]
+    closed = {f"closed-{i}": states[2 + i % 2] for i in range(4)}
+    with store.write() as tx:
+        for i, room_id in enumerate([*open_ids, *closed]):
+            tx.add(
+                Room(
+                    id=room_id,
+                    team_id=TEAM,
+                    owner_id=ALICE,
+                    channel_id="C0RECON",
+                    topic=room_id,
+                    state=states[i % 2] if room_id in open_ids else closed[room_id],
+                    created_at=now - 60,
+                    expires_at=now + 600,
+                    attempts=0,
+                    next_attempt_at=0,
+                )
+            )
+    strays = [f"stray-{i}" for i in range(3)]
+    reads: list[bool] = []
+
+    def on_begin(conn: Any) -> None:
+        if not conn.get_execution_options().get("meetbot_write"):
+            reads.append(True)
+
+    with AmsClient(ams.url, "Conference") as client:
+        for room_id in [*open_ids, *closed, *strays]:
+            client.create_room(room_id, room_id, 0, 0, metadata=mine)
+        removed: list[str] = []
+        sa.event.listen(store.engine, "begin", on_begin)
+        try:
+            out = reconcile(store, client, lambda r: False, now=now, remove=removed.append)
+        finally:
+            sa.event.remove(store.engine, "begin", on_begin)
+    assert sorted(removed) == sorted(out.deleted) == sorted([*closed, *strays])
+    assert out.seen == 13
+    # One read for the 13 rooms' states (four queries of at most four ids), one for
+    # the rooms the database holds open that AMS did not list: not one per room.
+    assert len(reads) <= 3, len(reads)
+    audits = {a.room_id: a for a in store.audit_rows() if a.action == "reconcile_delete"}
+    assert set(audits) == {*closed, *strays}
+    detail = {r: json.loads(a.detail) for r, a in audits.items()}
+    assert {r: (d["known"], d["state"]) for r, d in detail.items()} == {
+        **{r: (True, state) for r, state in closed.items()},
+        **{r: (False, None) for r in strays},
+    }

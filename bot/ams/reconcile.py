@@ -133,11 +133,13 @@ def reconcile(
         elif "deployment" not in marker:
             legacy.append(room_id)
     _log_legacy(legacy)
+    # Read after the listing: a room's row is written before it is created on AMS,
+    # so every room listed that is still being opened is found here, and open.
+    states = store.room_states(ours)
     for room_id in progress(ours) if progress else ours:
         out.seen += 1
-        with store.read() as s:
-            row = s.get(Room, room_id)
-        if row is not None and row.state in RoomState.OPEN:
+        state = states.get(room_id)
+        if state in RoomState.OPEN:
             continue
         try:
             remove(room_id)
@@ -151,8 +153,8 @@ def reconcile(
                 "reconcile_delete",
                 actor="reconcile",
                 room_id=room_id,
-                known=row is not None,
-                state=row.state if row else None,
+                known=state is not None,
+                state=state,
             )
     _check_missing(store, ams, vanished, listed, now, max(1, confirm_after), out)
     if out:
