@@ -26,6 +26,19 @@ class Card:
         return [self.render(r) for r in rows]
 
 
+class EditCard(Card):
+    """Renders like Card, and a DM edit as an edit of Bob's first DM."""
+
+    def __init__(self, slack) -> None:
+        self.slack = slack
+
+    def render(self, row: Outbox) -> Rendered:
+        if row.kind == "dm_update":
+            (first,) = self.slack.dms_to(BOB)
+            return Rendered(text="ended", blocks=[], edit_ts=first["ts"])
+        return super().render(row)
+
+
 @pytest.fixture
 def store(sqlite_url):
     s = Store(sqlite_url)
@@ -514,13 +527,6 @@ def test_a_dm_that_lands_as_its_room_ends_is_edited_without_waiting_for_a_poll(s
     outbox sends it then, not at its next look at the database."""
     from tests.conftest import wait_for
 
-    class EditCard(Card):
-        def render(self, row: Outbox) -> Rendered:
-            if row.kind == "dm_update":
-                (first,) = slack.dms_to(BOB)
-                return Rendered(text="ended", blocks=[], edit_ts=first["ts"])
-            return super().render(row)
-
     t = now()
     with store.write() as tx:
         tx.add(
@@ -553,7 +559,7 @@ def test_a_dm_that_lands_as_its_room_ends_is_edited_without_waiting_for_a_poll(s
     w = OutboxWorker(
         store,
         gateway,
-        EditCard(),
+        EditCard(slack),
         Pacer(store, cap=CAP),
         workers=2,
         owner="w10",
@@ -1015,14 +1021,7 @@ def test_an_edit_is_sent_and_recorded(store, worker, slack):
     """Edits (a DM or card updated in place) are not paced and move no floor, but
     are recorded like any post: a room that ends must not leave its edits pending."""
 
-    class EditCard(Card):
-        def render(self, row: Outbox) -> Rendered:
-            if row.kind == "dm_update":
-                (first,) = slack.dms_to(BOB)
-                return Rendered(text="ended", blocks=[], edit_ts=first["ts"])
-            return super().render(row)
-
-    worker.renderer = EditCard()
+    worker.renderer = EditCard(slack)
     add_row(store, BOB)
     drain(worker, store)
     add_row(store, "D" + BOB, kind="dm_update")  # an edit names the DM channel

@@ -438,12 +438,11 @@ class OutboxWorker:
         free = 0
         while self._slots.acquire(blocking=False):
             free += 1
+        self._next_poll = time.monotonic() + self.poll_interval
         if not free:  # looked for when a worker frees up (it wakes the loop)
             self._claim_owed.set()
-            self._next_poll = time.monotonic() + self.poll_interval
             return 0
         self._claim_owed.clear()  # before the look: a kick during it is not lost
-        self._next_poll = time.monotonic() + self.poll_interval
         try:
             rows = self.store.claim_outbox(self.owner, at=now(), lease=self.lease, limit=free)
         except Exception:
