@@ -521,6 +521,37 @@ def test_sends_ending_do_not_make_the_loop_look_in_the_database(store, slack):
         w.stop()
 
 
+def test_a_claim_the_database_refused_is_tried_again_at_the_next_poll(store, slack):
+    """A kicked claim that fails (the database away for a moment) is not lost: the
+    loop survives it and the row goes out from the next poll's claim."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import wait_for
+
+    gateway = SlackGateway(BOT_TOKEN, slack.api_url)
+    w = OutboxWorker(
+        store, gateway, Card(), Pacer(store, cap=CAP), workers=2, owner="w11", poll_interval=0.2
+    )
+    real_claim = store.claim_outbox
+    failures = [OperationalError("SELECT", {}, Exception("database is locked"))]
+
+    def claim(*a, **k):
+        if failures:
+            raise failures.pop()
+        return real_claim(*a, **k)
+
+    store.claim_outbox = claim
+    w.start()
+    try:
+        add_row(store, BOB)
+        w.kick()
+        wait_for(lambda: len(slack.dms_to(BOB)) == 1, timeout=10)
+        assert not failures  # the first look failed, a later one sent it
+    finally:
+        store.claim_outbox = real_claim
+        w.stop()
+
+
 def test_a_dm_that_lands_as_its_room_ends_is_edited_without_waiting_for_a_poll(store, slack):
     """The room ended while its DM was on its way, so the revoke could not edit it
     (its ts was unknown). Recording the post owes the "ended" edit, and the

@@ -445,8 +445,7 @@ class OutboxWorker:
         self._claim_owed.clear()  # before the look: a kick during it is not lost
         try:
             rows = self.store.claim_outbox(self.owner, at=now(), lease=self.lease, limit=free)
-        except Exception:
-            self._claim_owed.set()
+        except Exception:  # looked for again at the next poll
             for _ in range(free):
                 self._slots.release()
             raise
